@@ -1,0 +1,556 @@
+//! The kernel runtime: the five sockets, the request handlers, and the
+//! evaluation thread.
+//!
+//! Socket tasks (tokio) only move frames: each owns its socket and a queue of
+//! outgoing messages. Requests on shell and control are answered on the
+//! socket tasks, except `execute_request`, which goes to one evaluation
+//! thread so heartbeat, control and `kernel_info` stay responsive while a
+//! query runs. Every iopub message goes through one queue, so `idle` always
+//! follows the outputs of its request.
+
+use crate::history::History;
+use crate::render;
+use crate::wire::{self, Message, Signer};
+use bytes::Bytes;
+use safe_data_lang::engine::CancelFlag;
+use safe_data_lang::services::{self, Completeness};
+use safe_data_lang::span::caret_snippet;
+use safe_data_lang::{Catalog, parse};
+use safe_data_policy::{Policy, Requester};
+use serde_json::{Value, json};
+use std::sync::mpsc as std_mpsc;
+use std::sync::{Arc, Mutex};
+use tokio::sync::mpsc;
+use zeromq::prelude::*;
+use zeromq::{RepSocket, RouterSocket, XPubSocket, ZmqMessage};
+
+/// Frames larger than this (in total) are dropped before parsing.
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum KernelError {
+    #[error("cannot read the connection file {path}: {message}")]
+    ConnectionFile { path: String, message: String },
+    #[error("unsupported signature_scheme `{0}`: Safe Data signs with hmac-sha256")]
+    SignatureScheme(String),
+    #[error("cannot bind {endpoint}: {message}")]
+    Bind { endpoint: String, message: String },
+    #[error("cannot open the audit log: {0}")]
+    Audit(std::io::Error),
+}
+
+type Frames = Vec<Bytes>;
+
+/// State shared by the socket tasks and the evaluation thread.
+struct Shared {
+    signer: Signer,
+    session: String,
+    iopub: mpsc::UnboundedSender<Frames>,
+    cancel: CancelFlag,
+    policy: Arc<Policy>,
+    catalog: Arc<Catalog>,
+    requester: Requester,
+    counter: Mutex<Counter>,
+    max_message_bytes: usize,
+    shutdown: tokio::sync::watch::Sender<bool>,
+}
+
+struct Counter {
+    execution_count: u64,
+    history: History,
+}
+
+impl Shared {
+    fn publish(&self, msg_type: &str, parent: &Value, content: Value) {
+        let header = wire::header(msg_type, &self.session);
+        let topic = Bytes::from(format!("kernel.{}.{msg_type}", self.session));
+        let frames = wire::encode(&[topic], &header, parent, &json!({}), &content, &self.signer);
+        let _ = self.iopub.send(frames);
+    }
+
+    fn status(&self, parent: &Value, state: &str) {
+        self.publish("status", parent, json!({"execution_state": state}));
+    }
+
+    fn reply(&self, to: &Message, out: &mpsc::UnboundedSender<Frames>, msg_type: &str, content: Value) {
+        let header = wire::header(msg_type, &self.session);
+        let frames = wire::encode(&to.identities, &header, &to.header, &json!({}), &content, &self.signer);
+        let _ = out.send(frames);
+    }
+}
+
+/// What the evaluation thread is asked to do.
+struct Job {
+    msg: Message,
+    reply: mpsc::UnboundedSender<Frames>,
+}
+
+fn connection_info(path: &std::path::Path) -> Result<jupyter_protocol::ConnectionInfo, KernelError> {
+    let err = |message: String| KernelError::ConnectionFile { path: path.display().to_string(), message };
+    let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+    let mut info: jupyter_protocol::ConnectionInfo = serde_json::from_str(&text).map_err(|e| err(e.to_string()))?;
+    if info.ip == "*" {
+        info.ip = "0.0.0.0".into();
+    }
+    let scheme = info.signature_scheme.as_str();
+    if !(scheme == "hmac-sha256" || (scheme.is_empty() && info.key.is_empty())) {
+        return Err(KernelError::SignatureScheme(info.signature_scheme.clone()));
+    }
+    Ok(info)
+}
+
+async fn bind<S: Socket>(socket: &mut S, endpoint: &str) -> Result<(), KernelError> {
+    if let Some(path) = endpoint.strip_prefix("ipc://") {
+        // A stale socket file from a previous run blocks the bind.
+        let _ = std::fs::remove_file(path);
+    }
+    socket.bind(endpoint).await.map(|_| ()).map_err(|e| KernelError::Bind { endpoint: endpoint.to_string(), message: e.to_string() })
+}
+
+fn to_zmq(frames: Frames) -> Option<ZmqMessage> {
+    ZmqMessage::try_from(frames).ok()
+}
+
+/// Runs the kernel until a shutdown request (or SIGTERM).
+pub async fn run(connection_file: &std::path::Path, catalog: Arc<Catalog>) -> Result<(), KernelError> {
+    let info = connection_info(connection_file)?;
+    let policy = Arc::new(Policy::new(catalog.clone()).map_err(KernelError::Audit)?);
+    let session = uuid::Uuid::new_v4().to_string();
+    let requester = Requester::from_env(session.clone());
+    let history = History::open(&catalog.config.server.state_dir, &requester.user);
+    let (iopub_tx, iopub_rx) = mpsc::unbounded_channel();
+    let (shutdown_tx, mut shutdown_rx) = tokio::sync::watch::channel(false);
+    let max_message_bytes = std::env::var("SAFE_DATA_MAX_MESSAGE_BYTES").ok().and_then(|v| v.parse().ok()).unwrap_or(DEFAULT_MAX_MESSAGE_BYTES);
+    let shared = Arc::new(Shared {
+        signer: Signer::new(&info.key),
+        session,
+        iopub: iopub_tx,
+        cancel: CancelFlag::new(),
+        policy,
+        catalog,
+        requester,
+        counter: Mutex::new(Counter { execution_count: 0, history }),
+        max_message_bytes,
+        shutdown: shutdown_tx,
+    });
+
+    let mut shell = RouterSocket::new();
+    bind(&mut shell, &info.shell_url()).await?;
+    let mut control = RouterSocket::new();
+    bind(&mut control, &info.control_url()).await?;
+    let mut stdin = RouterSocket::new();
+    bind(&mut stdin, &info.stdin_url()).await?;
+    let mut iopub = XPubSocket::new();
+    bind(&mut iopub, &info.iopub_url()).await?;
+    let mut hb = RepSocket::new();
+    bind(&mut hb, &info.hb_url()).await?;
+    tracing::info!(shell = %info.shell_url(), "Safe Data kernel listening");
+
+    let (jobs_tx, jobs_rx) = std_mpsc::channel::<Job>();
+    {
+        let shared = shared.clone();
+        std::thread::Builder::new()
+            .name("safe-data-eval".into())
+            .spawn(move || evaluation_loop(shared, jobs_rx))
+            .expect("spawning the evaluation thread");
+    }
+
+    tokio::spawn(iopub_loop(iopub, iopub_rx, shared.clone()));
+    tokio::spawn(heartbeat_loop(hb));
+    tokio::spawn(router_loop(stdin, shared.clone(), Channel::Stdin, None));
+    tokio::spawn(router_loop(shell, shared.clone(), Channel::Shell, Some(jobs_tx)));
+    tokio::spawn(router_loop(control, shared.clone(), Channel::Control, None));
+    tokio::spawn(signal_loop(shared.clone()));
+
+    shared.status(&json!({}), "starting");
+    let _ = shutdown_rx.wait_for(|done| *done).await;
+    // Let the socket tasks flush the shutdown reply.
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    Ok(())
+}
+
+/// SIGINT interrupts the running query (jupyter_client sends one before
+/// every shutdown; it must not kill the kernel). SIGTERM shuts down.
+async fn signal_loop(shared: Arc<Shared>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else {
+        tracing::warn!("cannot install signal handlers");
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = int.recv() => {
+                tracing::info!("SIGINT: interrupting the running query");
+                shared.cancel.cancel();
+            }
+            _ = term.recv() => {
+                tracing::info!("SIGTERM: shutting down");
+                shared.cancel.cancel();
+                let _ = shared.shutdown.send(true);
+            }
+        }
+    }
+}
+
+async fn heartbeat_loop(mut hb: RepSocket) {
+    loop {
+        match hb.recv().await {
+            Ok(m) => {
+                if let Err(e) = hb.send(m).await {
+                    tracing::debug!("heartbeat send: {e}");
+                }
+            }
+            Err(e) => tracing::debug!("heartbeat recv: {e}"),
+        }
+    }
+}
+
+async fn iopub_loop(mut socket: XPubSocket, mut rx: mpsc::UnboundedReceiver<Frames>, shared: Arc<Shared>) {
+    loop {
+        tokio::select! {
+            // Keep polling recv: XPUB registers subscriptions only then.
+            sub = socket.recv() => {
+                if let Ok(m) = sub {
+                    if let Some(frame) = m.get(0) {
+                        if frame.first() == Some(&1) {
+                            let topic = Bytes::copy_from_slice(&frame[1..]);
+                            let header = wire::header("iopub_welcome", &shared.session);
+                            let content = json!({"subscription": String::from_utf8_lossy(&topic)});
+                            let frames = wire::encode(&[topic], &header, &json!({}), &json!({}), &content, &shared.signer);
+                            if let Some(m) = to_zmq(frames) {
+                                let _ = tokio::time::timeout(std::time::Duration::from_secs(5), socket.send(m)).await;
+                            }
+                        }
+                    }
+                }
+            }
+            out = rx.recv() => {
+                let Some(frames) = out else { return };
+                if let Some(m) = to_zmq(frames) {
+                    if tokio::time::timeout(std::time::Duration::from_secs(5), socket.send(m)).await.is_err() {
+                        tracing::warn!("iopub send timed out (a stalled subscriber)");
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Channel {
+    Shell,
+    Control,
+    Stdin,
+}
+
+async fn router_loop(socket: RouterSocket, shared: Arc<Shared>, channel: Channel, jobs: Option<std_mpsc::Sender<Job>>) {
+    let (mut send, mut recv) = socket.split();
+    let (out_tx, mut out_rx) = mpsc::unbounded_channel::<Frames>();
+    tokio::spawn(async move {
+        while let Some(frames) = out_rx.recv().await {
+            if let Some(m) = to_zmq(frames) {
+                if let Err(e) = send.send(m).await {
+                    tracing::debug!("{channel:?} send: {e}");
+                }
+            }
+        }
+    });
+    loop {
+        let frames = match recv.recv().await {
+            Ok(m) => m.into_vec(),
+            Err(e) => {
+                tracing::debug!("{channel:?} recv: {e}");
+                continue;
+            }
+        };
+        let msg = match Message::decode(frames, &shared.signer, shared.max_message_bytes) {
+            Ok(m) => m,
+            Err(e) => {
+                // Never answered: a client without the key learns nothing.
+                tracing::warn!("{channel:?}: dropped a message: {e}");
+                continue;
+            }
+        };
+        if channel == Channel::Stdin {
+            tracing::debug!("ignoring {} on stdin (the kernel never asks for input)", msg.msg_type());
+            continue;
+        }
+        if msg.msg_type() == "execute_request" {
+            match (&jobs, channel) {
+                (Some(jobs), Channel::Shell) => {
+                    if jobs.send(Job { msg, reply: out_tx.clone() }).is_err() {
+                        tracing::error!("the evaluation thread is gone");
+                    }
+                }
+                _ => {
+                    shared.status(&msg.header, "busy");
+                    shared.reply(&msg, &out_tx, "execute_reply", error_content("WrongChannel", "execute_request must be sent on the shell channel", &[]));
+                    shared.status(&msg.header, "idle");
+                }
+            }
+            continue;
+        }
+        handle_request(&shared, &msg, &out_tx, channel);
+    }
+}
+
+fn error_content(ename: &str, evalue: &str, traceback: &[String]) -> Value {
+    json!({"status": "error", "ename": ename, "evalue": evalue, "traceback": traceback})
+}
+
+/// Answers every request but `execute_request`, wrapped in busy/idle.
+fn handle_request(shared: &Shared, msg: &Message, out: &mpsc::UnboundedSender<Frames>, channel: Channel) {
+    let msg_type = msg.msg_type().to_string();
+    shared.status(&msg.header, "busy");
+    let c = &msg.content;
+    match msg_type.as_str() {
+        "kernel_info_request" => shared.reply(msg, out, "kernel_info_reply", kernel_info(&shared.catalog)),
+        "complete_request" => {
+            let code = c.get("code").and_then(Value::as_str).unwrap_or("");
+            let cursor = char_to_byte(code, c.get("cursor_pos").and_then(Value::as_u64).unwrap_or(code.chars().count() as u64));
+            let done = services::complete(&shared.catalog, code, cursor);
+            shared.reply(
+                msg,
+                out,
+                "complete_reply",
+                json!({
+                    "status": "ok",
+                    "matches": done.matches,
+                    "cursor_start": byte_to_char(code, done.start),
+                    "cursor_end": byte_to_char(code, done.end),
+                    "metadata": {},
+                }),
+            );
+        }
+        "inspect_request" => {
+            let code = c.get("code").and_then(Value::as_str).unwrap_or("");
+            let cursor = char_to_byte(code, c.get("cursor_pos").and_then(Value::as_u64).unwrap_or(code.chars().count() as u64));
+            let content = match services::inspect(&shared.catalog, code, cursor) {
+                Some(text) => json!({"status": "ok", "found": true, "data": {"text/plain": text}, "metadata": {}}),
+                None => json!({"status": "ok", "found": false, "data": {}, "metadata": {}}),
+            };
+            shared.reply(msg, out, "inspect_reply", content);
+        }
+        "is_complete_request" => {
+            let code = c.get("code").and_then(Value::as_str).unwrap_or("");
+            let content = match services::is_complete(code) {
+                Completeness::Complete => json!({"status": "complete"}),
+                Completeness::Incomplete(indent) => json!({"status": "incomplete", "indent": indent}),
+                Completeness::Invalid => json!({"status": "invalid"}),
+            };
+            shared.reply(msg, out, "is_complete_reply", content);
+        }
+        "history_request" => {
+            let content = history_reply(shared, c);
+            shared.reply(msg, out, "history_reply", content);
+        }
+        "comm_info_request" => shared.reply(msg, out, "comm_info_reply", json!({"status": "ok", "comms": {}})),
+        "comm_open" => {
+            // No comm targets: close it so the frontend does not wait.
+            let comm_id = c.get("comm_id").cloned().unwrap_or(Value::Null);
+            shared.publish("comm_close", &msg.header, json!({"comm_id": comm_id, "data": {}}));
+        }
+        "comm_msg" | "comm_close" => {}
+        "interrupt_request" => {
+            shared.cancel.cancel();
+            shared.reply(msg, out, "interrupt_reply", json!({"status": "ok"}));
+        }
+        "shutdown_request" => {
+            let restart = c.get("restart").and_then(Value::as_bool).unwrap_or(false);
+            if channel != Channel::Control {
+                tracing::info!("shutdown_request on {channel:?} (expected on control); honouring it");
+            }
+            shared.cancel.cancel();
+            shared.reply(msg, out, "shutdown_reply", json!({"status": "ok", "restart": restart}));
+            shared.status(&msg.header, "idle");
+            let _ = shared.shutdown.send(true);
+            return;
+        }
+        other => {
+            if let Some(prefix) = other.strip_suffix("_request") {
+                shared.reply(
+                    msg,
+                    out,
+                    &format!("{prefix}_reply"),
+                    error_content("UnknownMessageType", &format!("Safe Data does not handle `{other}`"), &[]),
+                );
+            } else {
+                tracing::info!("ignoring message of type {other}");
+            }
+        }
+    }
+    shared.status(&msg.header, "idle");
+}
+
+fn char_to_byte(s: &str, chars: u64) -> usize {
+    s.char_indices().nth(chars as usize).map(|(i, _)| i).unwrap_or(s.len())
+}
+
+fn byte_to_char(s: &str, byte: usize) -> usize {
+    s[..byte.min(s.len())].chars().count()
+}
+
+fn kernel_info(catalog: &Catalog) -> Value {
+    use jupyter_protocol::{CodeMirrorMode, HelpLink, KernelInfoReply, LanguageInfo, ReplyStatus};
+    let reply = KernelInfoReply {
+        status: ReplyStatus::Ok,
+        protocol_version: wire::PROTOCOL_VERSION.into(),
+        implementation: "safe-data".into(),
+        implementation_version: env!("CARGO_PKG_VERSION").into(),
+        language_info: LanguageInfo {
+            name: "sql".into(),
+            version: "safe-sql-1".into(),
+            mimetype: Some("text/x-sql".into()),
+            file_extension: Some(".sql".into()),
+            pygments_lexer: Some("sql".into()),
+            codemirror_mode: Some(CodeMirrorMode::Simple("sql".into())),
+            nbconvert_exporter: Some("script".into()),
+        },
+        banner: format!(
+            "Safe Data {} — {}\nSQL over protected data: results are released only as aggregates that pass the owner's policy.\nStart with SHOW TABLES; and DESCRIBE <table>;",
+            env!("CARGO_PKG_VERSION"),
+            catalog.config.server.display_name
+        ),
+        help_links: vec![HelpLink { text: "Safe Data dialect".into(), url: "https://github.com/safe-data/safe-data#the-dialect".into() }],
+        debugger: false,
+        error: None,
+    };
+    serde_json::to_value(reply).unwrap_or_else(|_| json!({"status": "ok"}))
+}
+
+fn history_reply(shared: &Shared, c: &Value) -> Value {
+    let counter = shared.counter.lock().unwrap_or_else(|p| p.into_inner());
+    let h = &counter.history;
+    let output = c.get("output").and_then(Value::as_bool).unwrap_or(false);
+    let n = c.get("n").and_then(Value::as_u64).map(|n| n as usize);
+    let entries = match c.get("hist_access_type").and_then(Value::as_str).unwrap_or("tail") {
+        "range" => h.range(
+            c.get("session").and_then(Value::as_i64).unwrap_or(0),
+            c.get("start").and_then(Value::as_u64).unwrap_or(0),
+            c.get("stop").and_then(Value::as_u64),
+        ),
+        "search" => h.search(
+            c.get("pattern").and_then(Value::as_str).unwrap_or("*"),
+            n,
+            c.get("unique").and_then(Value::as_bool).unwrap_or(false),
+        ),
+        _ => h.tail(n.unwrap_or(10)),
+    };
+    let history: Vec<Value> = entries
+        .iter()
+        .map(|e| if output { json!([e.session, e.line, [e.source, null]]) } else { json!([e.session, e.line, e.source]) })
+        .collect();
+    json!({"status": "ok", "history": history})
+}
+
+/// The traceback lines of an error: the message and the statement with a caret.
+fn traceback(ename: &str, evalue: &str, cell: &str, span: Option<safe_data_lang::span::Span>) -> Vec<String> {
+    let mut lines = vec![format!("\u{1b}[0;31m{ename}\u{1b}[0m: {evalue}")];
+    if let Some(span) = span {
+        lines.push(String::new());
+        lines.extend(caret_snippet(cell, span).lines().map(str::to_string));
+    }
+    lines
+}
+
+fn evaluation_loop(shared: Arc<Shared>, jobs: std_mpsc::Receiver<Job>) {
+    while let Ok(job) = jobs.recv() {
+        let failed = execute(&shared, &job);
+        let stop_on_error = job.msg.content.get("stop_on_error").and_then(Value::as_bool).unwrap_or(true);
+        if failed && stop_on_error {
+            // Abort the executions queued behind the failed one.
+            while let Ok(queued) = jobs.try_recv() {
+                shared.status(&queued.msg.header, "busy");
+                let count = shared.counter.lock().map(|c| c.execution_count).unwrap_or(0);
+                shared.reply(&queued.msg, &queued.reply, "execute_reply", json!({"status": "aborted", "execution_count": count, "payload": [], "user_expressions": {}}));
+                shared.status(&queued.msg.header, "idle");
+            }
+        }
+    }
+}
+
+/// Runs one execute request; returns whether it failed.
+fn execute(shared: &Shared, job: &Job) -> bool {
+    let msg = &job.msg;
+    let parent = &msg.header;
+    let c = &msg.content;
+    let code = c.get("code").and_then(Value::as_str).unwrap_or("").to_string();
+    let silent = c.get("silent").and_then(Value::as_bool).unwrap_or(false);
+    let store_history = c.get("store_history").and_then(Value::as_bool).unwrap_or(!silent) && !silent;
+    shared.status(parent, "busy");
+    shared.cancel.reset();
+    let count = {
+        let mut counter = shared.counter.lock().unwrap_or_else(|p| p.into_inner());
+        if store_history {
+            counter.execution_count += 1;
+            let n = counter.execution_count;
+            counter.history.append(n, &code);
+        }
+        counter.execution_count
+    };
+    if !silent {
+        shared.publish("execute_input", parent, json!({"code": code, "execution_count": count}));
+    }
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_cell(shared, parent, &code, count, silent)));
+    let failed = match outcome {
+        Ok(Ok(())) => {
+            shared.reply(msg, &job.reply, "execute_reply", json!({"status": "ok", "execution_count": count, "payload": [], "user_expressions": {}}));
+            false
+        }
+        Ok(Err((ename, evalue, tb))) => {
+            if !silent {
+                shared.publish("error", parent, json!({"ename": ename, "evalue": evalue, "traceback": tb}));
+            }
+            let mut content = error_content(&ename, &evalue, &tb);
+            content["execution_count"] = json!(count);
+            content["payload"] = json!([]);
+            content["user_expressions"] = json!({});
+            shared.reply(msg, &job.reply, "execute_reply", content);
+            true
+        }
+        Err(_) => {
+            tracing::error!("evaluation panicked");
+            let (ename, evalue) = ("InternalError", "an internal error occurred while evaluating this cell; the kernel is still running");
+            let tb = vec![format!("{ename}: {evalue}")];
+            if !silent {
+                shared.publish("error", parent, json!({"ename": ename, "evalue": evalue, "traceback": tb}));
+            }
+            let mut content = error_content(ename, evalue, &tb);
+            content["execution_count"] = json!(count);
+            shared.reply(msg, &job.reply, "execute_reply", content);
+            true
+        }
+    };
+    shared.status(parent, "idle");
+    failed
+}
+
+type CellError = (String, String, Vec<String>);
+
+/// Evaluates each statement of a cell; every statement but the last is a
+/// `display_data`, the last an `execute_result`.
+fn run_cell(shared: &Shared, parent: &Value, code: &str, count: u64, silent: bool) -> Result<(), CellError> {
+    let statements = parse::parse_cell(code).map_err(|e| {
+        let evalue = e.to_string();
+        (e.kind().to_string(), evalue.clone(), traceback(e.kind(), &evalue, code, e.span()))
+    })?;
+    let last = statements.len().saturating_sub(1);
+    for (i, statement) in statements.iter().enumerate() {
+        let started = std::time::Instant::now();
+        let released = shared.policy.run(statement, &shared.requester, &shared.cancel).map_err(|e| {
+            let evalue = e.to_string();
+            (e.kind().to_string(), evalue.clone(), traceback(e.kind(), &evalue, code, e.span()))
+        })?;
+        tracing::debug!(elapsed_ms = started.elapsed().as_millis() as u64, rows = released.rows().len(), "statement released");
+        if silent {
+            continue;
+        }
+        let data = render::bundle(&released);
+        if i == last {
+            shared.publish("execute_result", parent, json!({"execution_count": count, "data": data, "metadata": {}}));
+        } else {
+            shared.publish("display_data", parent, json!({"data": data, "metadata": {}, "transient": {}}));
+        }
+    }
+    Ok(())
+}

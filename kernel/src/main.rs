@@ -1,0 +1,245 @@
+//! `safe-data`: a Jupyter kernel that evaluates only policy-checked SQL.
+
+mod demo;
+mod history;
+mod install;
+mod kernel;
+mod render;
+mod wire;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use safe_data_lang::engine::CancelFlag;
+use safe_data_lang::span::caret_snippet;
+use safe_data_lang::{Catalog, parse};
+use safe_data_policy::{Policy, Requester};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+#[derive(Parser)]
+#[command(name = "safe-data", version, about = "A Jupyter kernel for SQL over data that must not leave its owner")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the kernel (what kernel.json starts).
+    Kernel {
+        #[arg(long, value_name = "FILE")]
+        connection_file: PathBuf,
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Install the kernelspec so Jupyter lists "Safe Data".
+    Install(InstallArgs),
+    /// Run SQL through the same pipeline and policy from a terminal.
+    Query {
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+        #[arg(long, value_enum, default_value = "table")]
+        format: Format,
+        /// One or more `;`-separated statements.
+        sql: String,
+    },
+    /// Check the owner's configuration file.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+    /// Work with the audit log.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+    /// Write the synthetic demo hospital dataset and its configuration.
+    Demo {
+        /// Folder to write (created if missing).
+        dir: PathBuf,
+        /// Number of patients.
+        #[arg(long, default_value_t = demo::DEFAULT_PATIENTS)]
+        patients: usize,
+    },
+}
+
+#[derive(Args)]
+#[group(multiple = false)]
+struct Where {
+    /// Install for the current user (the default).
+    #[arg(long)]
+    user: bool,
+    /// Install into the active Python environment.
+    #[arg(long)]
+    sys_prefix: bool,
+    /// Install under PREFIX/share/jupyter/kernels.
+    #[arg(long, value_name = "PREFIX")]
+    prefix: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct InstallArgs {
+    #[arg(long, value_name = "FILE")]
+    config: PathBuf,
+    #[arg(long, default_value = "safe-data")]
+    name: String,
+    /// Defaults to the config's server.display_name.
+    #[arg(long)]
+    display_name: Option<String>,
+    #[command(flatten)]
+    location: Where,
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Validate a configuration and its data sources.
+    Check { config: PathBuf },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Verify the hash chain of the audit log.
+    Verify {
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Format {
+    Table,
+    Csv,
+    Json,
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SAFE_DATA_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).try_init();
+}
+
+fn fail(message: impl std::fmt::Display) -> ExitCode {
+    eprintln!("error: {message}");
+    ExitCode::FAILURE
+}
+
+fn load(config: &Path) -> Result<Catalog, String> {
+    Catalog::load(config).map_err(|e| e.to_string())
+}
+
+fn main() -> ExitCode {
+    init_logging();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Kernel { connection_file, config } => {
+            let catalog = match load(&config) {
+                Ok(c) => Arc::new(c),
+                Err(e) => return fail(e),
+            };
+            let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+                Ok(r) => r,
+                Err(e) => return fail(format!("cannot start the runtime: {e}")),
+            };
+            match runtime.block_on(kernel::run(&connection_file, catalog)) {
+                Ok(()) => {
+                    runtime.shutdown_timeout(std::time::Duration::from_millis(100));
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(e),
+            }
+        }
+        Command::Install(args) => {
+            let catalog = match load(&args.config) {
+                Ok(c) => c,
+                Err(e) => return fail(e),
+            };
+            let display = args.display_name.unwrap_or_else(|| catalog.config.server.display_name.clone());
+            let location = match (args.location.sys_prefix, args.location.prefix) {
+                (true, _) => install::Location::SysPrefix,
+                (_, Some(p)) => install::Location::Prefix(p),
+                _ => install::Location::User,
+            };
+            match install::install(&args.config, &args.name, &display, &location) {
+                Ok(dir) => {
+                    println!("Installed kernelspec `{}` ({display}) in {}", args.name, dir.display());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(e),
+            }
+        }
+        Command::Query { config, format, sql } => query(&config, format, &sql),
+        Command::Config { command: ConfigCommand::Check { config } } => match load(&config) {
+            Ok(catalog) => {
+                println!("{}: ok", config.display());
+                for t in catalog.tables() {
+                    let kind = if t.public { "public".to_string() } else { format!("protected, k = {}", t.min_group_size) };
+                    println!("  {} ({kind}): {} visible columns from {}", t.name, t.columns.len(), t.source_path().display());
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(e),
+        },
+        Command::Audit { command: AuditCommand::Verify { config } } => {
+            let cfg = match safe_data_lang::config::Config::load(&config) {
+                Ok(c) => c,
+                Err(e) => return fail(e),
+            };
+            let path = cfg.server.state_dir.join("audit.jsonl");
+            match safe_data_policy::audit::verify(&path) {
+                Ok(Ok(n)) => {
+                    println!("{}: ok, {n} records, chain intact", path.display());
+                    ExitCode::SUCCESS
+                }
+                Ok(Err(b)) => fail(format!("{}: line {} {}", path.display(), b.line, b.reason)),
+                Err(e) => fail(format!("cannot read {}: {e}", path.display())),
+            }
+        }
+        Command::Demo { dir, patients } => match demo::write_demo(&dir, patients.max(1)) {
+            Ok(()) => {
+                println!("Wrote {} patients to {}; configuration: {}", patients, dir.join("data").display(), dir.join("safe-data.toml").display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(e),
+        },
+    }
+}
+
+fn query(config: &Path, format: Format, sql: &str) -> ExitCode {
+    let catalog = match load(config) {
+        Ok(c) => Arc::new(c),
+        Err(e) => return fail(e),
+    };
+    let policy = match Policy::new(catalog) {
+        Ok(p) => p,
+        Err(e) => return fail(format!("cannot open the audit log: {e}")),
+    };
+    let statements = match parse::parse_cell(sql) {
+        Ok(s) => s,
+        Err(e) => return report(sql, &e.to_string(), e.span()),
+    };
+    let who = Requester::from_env(format!("cli-{}", std::process::id()));
+    let cancel = CancelFlag::new();
+    for statement in &statements {
+        match policy.run(statement, &who, &cancel) {
+            Ok(released) => match format {
+                Format::Table => println!("{}", render::text(&released)),
+                Format::Csv => {
+                    print!("{}", render::csv(&released));
+                    for n in released.notices() {
+                        eprintln!("note: {}", n.message);
+                    }
+                }
+                Format::Json => println!("{}", render::json_document(&released)),
+            },
+            Err(e) => return report(sql, &e.to_string(), e.span()),
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+fn report(sql: &str, message: &str, span: Option<safe_data_lang::span::Span>) -> ExitCode {
+    eprintln!("error: {message}");
+    if let Some(span) = span {
+        eprintln!("{}", caret_snippet(sql, span));
+    }
+    ExitCode::FAILURE
+}

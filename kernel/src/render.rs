@@ -1,0 +1,223 @@
+//! Rendering of released results: aligned text, HTML, a data resource for
+//! tools, CSV and JSON for scripts. Every function here takes a
+//! [`Released`], the only value the policy lets out.
+
+use safe_data_lang::engine::{Value, format_double};
+use safe_data_lang::types::SqlType;
+use safe_data_policy::{NoticeKind, Released};
+use serde_json::{Map, Value as Json, json};
+
+const NULL_TEXT: &str = "NULL";
+
+fn is_numeric(ty: SqlType) -> bool {
+    matches!(ty, SqlType::Integer | SqlType::Double)
+}
+
+fn cell_text(v: &Value) -> String {
+    match v {
+        Value::Null => NULL_TEXT.to_string(),
+        other => other.to_text(),
+    }
+}
+
+/// An aligned text table with a row count, and the notices after it.
+pub fn text(r: &Released) -> String {
+    if let Some(t) = r.text() {
+        return t.trim_end().to_string();
+    }
+    let cols = r.columns();
+    let cells: Vec<Vec<String>> = r.rows().iter().map(|row| row.iter().map(cell_text).collect()).collect();
+    let widths: Vec<usize> = cols
+        .iter()
+        .enumerate()
+        .map(|(i, c)| cells.iter().map(|row| row[i].chars().count()).chain([c.name.chars().count()]).max().unwrap_or(0))
+        .collect();
+    let pad = |s: &str, w: usize, right: bool| {
+        let n = w.saturating_sub(s.chars().count());
+        if right { format!("{}{s}", " ".repeat(n)) } else { format!("{s}{}", " ".repeat(n)) }
+    };
+    let mut out = String::new();
+    let header: Vec<String> = cols.iter().zip(&widths).map(|(c, w)| pad(&c.name, *w, is_numeric(c.ty))).collect();
+    out.push_str(header.join("  ").trim_end());
+    out.push('\n');
+    out.push_str(&widths.iter().map(|w| "-".repeat(*w)).collect::<Vec<_>>().join("  "));
+    out.push('\n');
+    for row in &cells {
+        let line: Vec<String> = row.iter().zip(cols).zip(&widths).map(|((v, c), w)| pad(v, *w, is_numeric(c.ty))).collect();
+        out.push_str(line.join("  ").trim_end());
+        out.push('\n');
+    }
+    let n = r.rows().len();
+    out.push_str(&format!("({n} row{})", if n == 1 { "" } else { "s" }));
+    for notice in r.notices() {
+        out.push_str(&format!("\nNote: {}", notice.message));
+    }
+    out
+}
+
+fn html_escape(s: &str) -> String {
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+}
+
+/// Thousands separators for the integer part of a number's text.
+fn group_thousands(text: &str) -> String {
+    let (sign, rest) = text.strip_prefix('-').map(|r| ("-", r)).unwrap_or(("", text));
+    let (int, frac) = rest.split_once('.').map(|(i, f)| (i, Some(f))).unwrap_or((rest, None));
+    if !int.chars().all(|c| c.is_ascii_digit()) {
+        return text.to_string();
+    }
+    let mut grouped = String::new();
+    for (i, c) in int.chars().enumerate() {
+        if i > 0 && (int.len() - i) % 3 == 0 {
+            grouped.push(',');
+        }
+        grouped.push(c);
+    }
+    match frac {
+        Some(f) => format!("{sign}{grouped}.{f}"),
+        None => format!("{sign}{grouped}"),
+    }
+}
+
+fn html_cell(v: &Value) -> String {
+    match v {
+        Value::Null => "<td class=\"sd-null\">NULL</td>".to_string(),
+        Value::Integer(i) => format!("<td class=\"sd-num\">{}</td>", group_thousands(&i.to_string())),
+        Value::Double(x) => {
+            let text = if x.abs() >= 1e15 || (x.abs() < 1e-4 && *x != 0.0) { format!("{x:e}") } else { format_double(*x) };
+            format!("<td class=\"sd-num\">{}</td>", group_thousands(&text))
+        }
+        other => format!("<td>{}</td>", html_escape(&other.to_text())),
+    }
+}
+
+const STYLE: &str = "<style>\
+.sd-table{border-collapse:collapse;font-size:13px;font-family:var(--jp-code-font-family,monospace)}\
+.sd-table th,.sd-table td{padding:2px 10px;border-bottom:1px solid var(--jp-border-color2,#ddd);text-align:left}\
+.sd-table th{border-bottom:2px solid var(--jp-border-color1,#999)}\
+.sd-table th .sd-type{display:block;font-weight:normal;font-size:11px;color:var(--jp-ui-font-color2,#777)}\
+.sd-table td.sd-num,.sd-table th.sd-num{text-align:right;font-variant-numeric:tabular-nums}\
+.sd-table td.sd-null{color:var(--jp-ui-font-color3,#aaa);font-style:italic}\
+.sd-count{font-size:12px;color:var(--jp-ui-font-color2,#777);margin:4px 0}\
+.sd-notice{border-left:4px solid var(--jp-warn-color1,#f0ad4e);background:var(--jp-warn-color3,#fff8e6);color:var(--jp-ui-font-color1,#333);padding:4px 10px;margin:4px 0;font-size:13px}\
+</style>";
+
+/// An HTML table (typed header, right-aligned numbers, null marks, row count) and styled notices.
+pub fn html(r: &Released) -> String {
+    if let Some(t) = r.text() {
+        return format!("<pre>{}</pre>", html_escape(t));
+    }
+    let mut out = String::from(STYLE);
+    out.push_str("<table class=\"sd-table\"><thead><tr>");
+    for c in r.columns() {
+        let class = if is_numeric(c.ty) { " class=\"sd-num\"" } else { "" };
+        out.push_str(&format!("<th{class}>{}<span class=\"sd-type\">{}</span></th>", html_escape(&c.name), c.ty.to_string().to_lowercase()));
+    }
+    out.push_str("</tr></thead><tbody>");
+    for row in r.rows() {
+        out.push_str("<tr>");
+        for v in row {
+            out.push_str(&html_cell(v));
+        }
+        out.push_str("</tr>");
+    }
+    out.push_str("</tbody></table>");
+    let n = r.rows().len();
+    out.push_str(&format!("<div class=\"sd-count\">{} row{}</div>", group_thousands(&n.to_string()), if n == 1 { "" } else { "s" }));
+    out.push_str(&notices_html(r));
+    out
+}
+
+pub fn notices_html(r: &Released) -> String {
+    r.notices()
+        .iter()
+        .map(|n| {
+            let label = match n.kind {
+                NoticeKind::Suppressed | NoticeKind::Differencing => "Suppressed",
+                NoticeKind::Truncated => "Truncated",
+            };
+            format!("<div class=\"sd-notice\"><b>{label}:</b> {}</div>", html_escape(&n.message))
+        })
+        .collect()
+}
+
+fn table_schema_type(ty: SqlType) -> &'static str {
+    match ty {
+        SqlType::Integer => "integer",
+        SqlType::Double => "number",
+        SqlType::Boolean => "boolean",
+        SqlType::Date => "date",
+        SqlType::Timestamp => "datetime",
+        SqlType::Text | SqlType::Null => "string",
+    }
+}
+
+/// `application/vnd.dataresource+json` (Table Schema + records).
+pub fn data_resource(r: &Released) -> Json {
+    let fields: Vec<Json> = r.columns().iter().map(|c| json!({"name": c.name, "type": table_schema_type(c.ty)})).collect();
+    let data: Vec<Json> = r
+        .rows()
+        .iter()
+        .map(|row| {
+            let mut m = Map::new();
+            for (c, v) in r.columns().iter().zip(row) {
+                m.insert(c.name.clone(), v.to_json());
+            }
+            Json::Object(m)
+        })
+        .collect();
+    json!({"schema": {"fields": fields}, "data": data})
+}
+
+/// The MIME bundle of a released result.
+pub fn bundle(r: &Released) -> Json {
+    let mut data = Map::new();
+    data.insert("text/plain".into(), Json::String(text(r)));
+    data.insert("text/html".into(), Json::String(html(r)));
+    if r.text().is_none() {
+        data.insert("application/vnd.dataresource+json".into(), data_resource(r));
+    }
+    Json::Object(data)
+}
+
+/// `{"columns": [...], "rows": [[...]], "notices": [...]}` for `safe-data query --format json`.
+pub fn json_document(r: &Released) -> Json {
+    if let Some(t) = r.text() {
+        return json!({"text": t, "notices": []});
+    }
+    json!({
+        "columns": r.columns().iter().map(|c| json!({"name": c.name, "type": c.ty.to_string()})).collect::<Vec<_>>(),
+        "rows": r.rows().iter().map(|row| row.iter().map(Value::to_json).collect::<Vec<_>>()).collect::<Vec<_>>(),
+        "notices": r.notices().iter().map(|n| json!({"kind": n.kind, "message": n.message})).collect::<Vec<_>>(),
+    })
+}
+
+/// RFC 4180 CSV.
+pub fn csv(r: &Released) -> String {
+    if let Some(t) = r.text() {
+        return t.to_string();
+    }
+    let quote = |s: &str| {
+        if s.contains([',', '"', '\n', '\r']) { format!("\"{}\"", s.replace('"', "\"\"")) } else { s.to_string() }
+    };
+    let mut out = r.columns().iter().map(|c| quote(&c.name)).collect::<Vec<_>>().join(",");
+    out.push('\n');
+    for row in r.rows() {
+        out.push_str(&row.iter().map(|v| quote(&v.to_text())).collect::<Vec<_>>().join(","));
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn thousands() {
+        assert_eq!(group_thousands("1234567"), "1,234,567");
+        assert_eq!(group_thousands("-1234.5"), "-1,234.5");
+        assert_eq!(group_thousands("123"), "123");
+        assert_eq!(group_thousands("1e20"), "1e20");
+    }
+}

@@ -1,0 +1,232 @@
+//! The catalog: the owner's tables, opened against their sources.
+//!
+//! A [`Table`] exposes only its *visible* columns (identifiers, dimensions,
+//! measures). Hidden columns — listed as hidden or not listed at all — are
+//! not in [`Table::columns`], so the binder cannot resolve them and no plan
+//! can ever contain them; only the privacy unit column is read internally,
+//! for counting people.
+
+use crate::config::{Config, Role, TableConfig};
+use crate::error::{Error, Result};
+use crate::ir::AggFunc;
+use crate::types::SqlType;
+use polars::prelude::*;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+
+/// A column a query may reference.
+#[derive(Debug, Clone)]
+pub struct Column {
+    pub name: String,
+    pub ty: SqlType,
+    pub role: Role,
+    pub bounds: Option<(f64, f64)>,
+    /// Aggregates allowed beyond the role's defaults.
+    pub aggregates: Vec<AggFunc>,
+    pub description: Option<String>,
+}
+
+#[derive(Debug)]
+enum Source {
+    Parquet(PathBuf),
+    /// Parsed once per kernel and kept in memory.
+    Csv { path: PathBuf, frame: OnceLock<std::result::Result<DataFrame, String>> },
+}
+
+#[derive(Debug)]
+pub struct Table {
+    pub name: String,
+    pub description: Option<String>,
+    /// A reference table without restrictions.
+    pub public: bool,
+    pub min_group_size: u64,
+    /// The column that identifies a person (may itself be hidden).
+    pub privacy_unit: Option<String>,
+    pub join_keys: Vec<String>,
+    /// Visible columns only, in source order.
+    pub columns: Vec<Column>,
+    source: Source,
+}
+
+impl Table {
+    pub fn column(&self, name: &str) -> Option<(usize, &Column)> {
+        self.columns.iter().enumerate().find(|(_, c)| c.name.eq_ignore_ascii_case(name))
+    }
+
+    pub fn source_path(&self) -> &Path {
+        match &self.source {
+            Source::Parquet(p) | Source::Csv { path: p, .. } => p,
+        }
+    }
+
+    /// A lazy scan of the whole source (all columns, including hidden ones:
+    /// callers select what they need by name, and only the lowering does).
+    pub(crate) fn scan(&self) -> Result<LazyFrame> {
+        let generic = |what: &str| Error::Source { table: self.name.clone(), message: what.to_string() };
+        match &self.source {
+            Source::Parquet(path) => {
+                let p = PlRefPath::try_from_path(path).map_err(|_| generic("the path is not valid"))?;
+                LazyFrame::scan_parquet(p, parquet_args())
+                    .map_err(|_| generic("the Parquet file could not be opened"))
+            }
+            Source::Csv { path, frame } => {
+                let loaded = frame.get_or_init(|| {
+                    csv_reader(path)
+                        .and_then(|r| r.finish())
+                        .and_then(|lf| lf.collect())
+                        .map_err(|_| "the CSV file could not be parsed".to_string())
+                });
+                match loaded {
+                    Ok(df) => Ok(df.clone().lazy()),
+                    Err(m) => Err(generic(m)),
+                }
+            }
+        }
+    }
+}
+
+/// No globbing, no hive partitions: the owner names one file.
+fn parquet_args() -> ScanArgsParquet {
+    ScanArgsParquet { glob: false, hive_options: HiveOptions::new_disabled(), ..Default::default() }
+}
+
+fn csv_reader(path: &Path) -> PolarsResult<LazyCsvReader> {
+    let p = PlRefPath::try_from_path(path)?;
+    Ok(LazyCsvReader::new(p).with_has_header(true).with_infer_schema_length(Some(10_000)).with_try_parse_dates(true).with_glob(false))
+}
+
+fn source_schema(path: &Path) -> PolarsResult<SchemaRef> {
+    let is_csv = path.extension().is_some_and(|e| e.eq_ignore_ascii_case("csv"));
+    let mut lf = if is_csv {
+        csv_reader(path)?.finish()?
+    } else {
+        LazyFrame::scan_parquet(PlRefPath::try_from_path(path)?, parquet_args())?
+    };
+    lf.collect_schema()
+}
+
+/// The owner's configuration with every table opened and checked.
+#[derive(Debug)]
+pub struct Catalog {
+    pub config: Config,
+    tables: Vec<Arc<Table>>,
+}
+
+impl Catalog {
+    /// Opens every source and checks the configuration against its schema.
+    pub fn open(config: Config) -> Result<Catalog> {
+        let mut tables = Vec::new();
+        for t in &config.tables {
+            tables.push(Arc::new(open_table(&config, t)?));
+        }
+        Ok(Catalog { config, tables })
+    }
+
+    /// Loads, validates and opens the configuration file at `path`.
+    pub fn load(path: &Path) -> Result<Catalog> {
+        Catalog::open(Config::load(path)?)
+    }
+
+    pub fn tables(&self) -> &[Arc<Table>] {
+        &self.tables
+    }
+
+    pub fn table(&self, name: &str) -> Option<&Arc<Table>> {
+        self.tables.iter().find(|t| t.name.eq_ignore_ascii_case(name))
+    }
+}
+
+fn open_table(config: &Config, t: &TableConfig) -> Result<Table> {
+    let schema = source_schema(&t.source).map_err(|_| {
+        config.error_at(t.line, format!(
+            "table `{}`: cannot read the schema of {}; is it a valid {} file?",
+            t.name,
+            t.source.display(),
+            if t.source.extension().is_some_and(|e| e.eq_ignore_ascii_case("csv")) { "CSV" } else { "Parquet" }
+        ))
+    })?;
+    let names: Vec<String> = schema.iter_names().map(|n| n.to_string()).collect();
+    let known = |col: &str| names.iter().any(|n| n == col);
+    let list = names.join(", ");
+    for (col, c) in &t.columns {
+        if !known(col) {
+            return Err(config.error_at(c.line, format!(
+                "table `{}` has no column `{col}`; its source has: {list}", t.name
+            )));
+        }
+    }
+    if let Some(unit) = &t.privacy_unit {
+        if !known(unit) {
+            return Err(config.error_at(t.line, format!(
+                "table `{}`: privacy_unit `{unit}` is not a column; its source has: {list}", t.name
+            )));
+        }
+    }
+    for key in &t.join_keys {
+        if !known(key) {
+            return Err(config.error_at(t.line, format!(
+                "table `{}`: join key `{key}` is not a column; its source has: {list}", t.name
+            )));
+        }
+        let role = t.columns.get(key).map(|c| c.role);
+        if !t.public && !matches!(role, Some(Role::Identifier | Role::Dimension)) {
+            return Err(config.error_at(t.line, format!(
+                "table `{}`: join key `{key}` must be listed as an identifier or dimension column, e.g. {key} = {{ role = \"identifier\" }}",
+                t.name
+            )));
+        }
+    }
+    let mut columns = Vec::new();
+    for (name, dtype) in schema.iter() {
+        let listed = t.columns.get(name.as_str());
+        // Fail closed: unlisted columns of protected tables are hidden.
+        let role = match listed {
+            Some(c) => c.role,
+            None if t.public => Role::Dimension,
+            None => Role::Hidden,
+        };
+        if role == Role::Hidden {
+            continue;
+        }
+        let Some(ty) = SqlType::from_polars(dtype) else {
+            if listed.is_some() {
+                return Err(config.error_at(listed.map(|c| c.line).unwrap_or(t.line), format!(
+                    "table `{}`: column `{name}` has type {dtype}, which Safe Data cannot expose; mark it hidden",
+                    t.name
+                )));
+            }
+            continue;
+        };
+        if let Some(c) = listed {
+            if c.bounds.is_some() && !ty.is_numeric() {
+                return Err(config.error_at(c.line, format!(
+                    "table `{}`: column `{name}` is {ty}; bounds only apply to numeric columns", t.name
+                )));
+            }
+        }
+        columns.push(Column {
+            name: name.to_string(),
+            ty,
+            role,
+            bounds: listed.and_then(|c| c.bounds),
+            aggregates: listed.map(|c| c.aggregates.clone()).unwrap_or_default(),
+            description: listed.and_then(|c| c.description.clone()),
+        });
+    }
+    let is_csv = t.source.extension().is_some_and(|e| e.eq_ignore_ascii_case("csv"));
+    let source = if is_csv {
+        Source::Csv { path: t.source.clone(), frame: OnceLock::new() }
+    } else {
+        Source::Parquet(t.source.clone())
+    };
+    Ok(Table {
+        name: t.name.clone(),
+        description: t.description.clone(),
+        public: t.public,
+        min_group_size: t.min_group_size,
+        privacy_unit: t.privacy_unit.clone(),
+        join_keys: t.join_keys.clone(),
+        columns,
+        source,
+    })
+}

@@ -1,0 +1,346 @@
+//! Lowering of scalar expressions and aggregate calls to polars expressions.
+//!
+//! Every operation is total: casts are non-strict, division is in floating
+//! point, and functions undefined on a value yield NULL, so no error can
+//! depend on one row's data.
+
+use crate::error::{Error, Result};
+use crate::ir::{AggFunc, BinaryOp, Expr, ExprKind, Literal, ScalarFunc, UnaryOp};
+use crate::types::SqlType;
+use polars::prelude::{self as pl, DataType, Expr as PExpr, QuantileMethod, RoundMode, col, lit};
+
+/// Column name of a FROM leaf's column inside a block's frame.
+pub(crate) fn leaf_column(slot: usize, index: usize) -> String {
+    format!("{slot}#{index}")
+}
+
+fn null_of(ty: SqlType) -> PExpr {
+    let null = lit(pl::Null {});
+    if ty == SqlType::Null { null } else { null.cast(ty.to_polars()) }
+}
+
+/// Lowers `e`; `resolve` may replace any sub-expression (used after
+/// aggregation, where group keys and aggregates are columns).
+pub(crate) fn lower(e: &Expr, resolve: &dyn Fn(&Expr) -> Option<PExpr>) -> Result<PExpr> {
+    if let Some(done) = resolve(e) {
+        return Ok(done);
+    }
+    let go = |x: &Expr| lower(x, resolve);
+    Ok(match &e.kind {
+        ExprKind::Column(c) => col(leaf_column(c.slot, c.index)),
+        ExprKind::Literal(l) => literal(l, e.ty),
+        ExprKind::Unary { op: UnaryOp::Not, expr } => go(expr)?.not(),
+        ExprKind::Unary { op: UnaryOp::Neg, expr } => lit(0i64).cast(e.ty.to_polars()) - go(expr)?.cast(e.ty.to_polars()),
+        ExprKind::Binary { op, left, right } => binary(*op, go(left)?, left.ty, go(right)?, right.ty, e.ty),
+        ExprKind::Scalar { func, args } => scalar(*func, args, e.ty, resolve)?,
+        ExprKind::Aggregate { .. } => {
+            return Err(Error::Engine("internal error: an aggregate outside an aggregation".into()));
+        }
+        ExprKind::Case { whens, otherwise } => {
+            let ty = e.ty.to_polars();
+            let mut iter = whens.iter();
+            let (c0, r0) = iter.next().ok_or_else(|| Error::Engine("internal error: empty CASE".into()))?;
+            let otherwise = match otherwise {
+                Some(o) => go(o)?.cast(ty.clone()),
+                None => null_of(e.ty),
+            };
+            let first = pl::when(go(c0)?).then(go(r0)?.cast(ty.clone()));
+            let rest: Vec<(PExpr, PExpr)> = iter.map(|(c, r)| Ok((go(c)?, go(r)?.cast(ty.clone())))).collect::<Result<_>>()?;
+            if rest.is_empty() {
+                first.otherwise(otherwise)
+            } else {
+                let mut chained: Option<pl::ChainedThen> = None;
+                for (c, r) in rest {
+                    chained = Some(match chained {
+                        None => first.clone().when(c).then(r),
+                        Some(ch) => ch.when(c).then(r),
+                    });
+                }
+                chained.map(|ch| ch.otherwise(otherwise.clone())).unwrap_or(otherwise)
+            }
+        }
+        ExprKind::Cast { expr, to } => cast(go(expr)?, expr.ty, *to),
+        ExprKind::InList { expr, list, negated } => {
+            let value = go(expr)?;
+            let common = list.iter().fold(expr.ty, |t, i| t.unify(i.ty).unwrap_or(t));
+            let mut any: Option<PExpr> = None;
+            for item in list {
+                let eq = comparable(value.clone(), expr.ty, common).eq(comparable(go(item)?, item.ty, common));
+                any = Some(match any {
+                    None => eq,
+                    Some(a) => a.or(eq),
+                });
+            }
+            let any = any.unwrap_or_else(|| lit(false));
+            if *negated { any.not() } else { any }
+        }
+        ExprKind::Between { expr, low, high, negated } => {
+            let common = expr.ty.unify(low.ty).and_then(|t| t.unify(high.ty)).unwrap_or(expr.ty);
+            let v = comparable(go(expr)?, expr.ty, common);
+            let inside = v.clone().gt_eq(comparable(go(low)?, low.ty, common)).and(v.lt_eq(comparable(go(high)?, high.ty, common)));
+            if *negated { inside.not() } else { inside }
+        }
+        ExprKind::Like { expr, pattern, negated, case_insensitive } => {
+            let regex = like_to_regex(pattern, *case_insensitive);
+            let m = go(expr)?.str().contains(lit(regex), true);
+            if *negated { m.not() } else { m }
+        }
+        ExprKind::IsNull { expr, negated } => {
+            let v = go(expr)?;
+            if *negated { v.is_not_null() } else { v.is_null() }
+        }
+    })
+}
+
+fn literal(l: &Literal, ty: SqlType) -> PExpr {
+    match l {
+        Literal::Null => null_of(ty),
+        Literal::Boolean(b) => lit(*b),
+        Literal::Integer(i) => lit(*i),
+        Literal::Double(x) => lit(*x),
+        Literal::Text(s) => lit(s.as_str()),
+        Literal::Date(d) => lit(*d).cast(DataType::Date),
+    }
+}
+
+/// Brings a value to the common type it is compared in.
+fn comparable(e: PExpr, from: SqlType, to: SqlType) -> PExpr {
+    if from == to || from == SqlType::Null { e } else { cast(e, from, to) }
+}
+
+fn cast(e: PExpr, from: SqlType, to: SqlType) -> PExpr {
+    match (from, to) {
+        // Text to number: trim first so ' 42' converts like in SQL engines.
+        (SqlType::Text, SqlType::Integer | SqlType::Double) => {
+            e.str().strip_chars(lit(pl::Null {})).cast(DataType::Float64).cast(to.to_polars())
+        }
+        (SqlType::Double, SqlType::Integer) => e.round(0, RoundMode::HalfAwayFromZero).cast(DataType::Int64),
+        _ => e.cast(to.to_polars()),
+    }
+}
+
+fn binary(op: BinaryOp, l: PExpr, lt: SqlType, r: PExpr, rt: SqlType, out: SqlType) -> PExpr {
+    use BinaryOp::*;
+    match op {
+        Add | Sub | Mul | Mod => {
+            let t = out.to_polars();
+            let (l, r) = (l.cast(t.clone()), r.cast(t));
+            match op {
+                Add => l + r,
+                Sub => l - r,
+                Mul => l * r,
+                _ => l % r,
+            }
+        }
+        Div => l.cast(DataType::Float64) / r.cast(DataType::Float64),
+        Eq | NotEq | Lt | LtEq | Gt | GtEq => {
+            let common = lt.unify(rt).unwrap_or(lt);
+            let (l, r) = (comparable(l, lt, common), comparable(r, rt, common));
+            match op {
+                Eq => l.eq(r),
+                NotEq => l.neq(r),
+                Lt => l.lt(r),
+                LtEq => l.lt_eq(r),
+                Gt => l.gt(r),
+                _ => l.gt_eq(r),
+            }
+        }
+        And => l.and(r),
+        Or => l.or(r),
+        Concat => pl::concat_str([l.cast(DataType::String), r.cast(DataType::String)], "", false),
+    }
+}
+
+fn scalar(func: ScalarFunc, args: &[Expr], ty: SqlType, resolve: &dyn Fn(&Expr) -> Option<PExpr>) -> Result<PExpr> {
+    use ScalarFunc::*;
+    let a = |i: usize| lower(&args[i], resolve);
+    let f64_of = |i: usize| -> Result<PExpr> { Ok(a(i)?.cast(DataType::Float64)) };
+    let text_arg = |i: usize| match &args[i].kind {
+        ExprKind::Literal(Literal::Text(s)) => s.clone(),
+        _ => String::new(),
+    };
+    let num_lit = |i: usize| match args[i].kind {
+        ExprKind::Literal(Literal::Integer(n)) => n as f64,
+        ExprKind::Literal(Literal::Double(x)) => x,
+        _ => 0.0,
+    };
+    Ok(match func {
+        Lower => a(0)?.str().to_lowercase(),
+        Upper => a(0)?.str().to_uppercase(),
+        Length => a(0)?.str().len_chars().cast(DataType::Int64),
+        Substr => {
+            let s = a(0)?;
+            let start = a(1)?.cast(DataType::Int64);
+            let offset = (start.clone() - lit(1i64)).clip_min(lit(0i64));
+            let length = match args.get(2) {
+                // SQL counts the length from `start` even when start < 1.
+                Some(_) => (a(2)? .cast(DataType::Int64) + pl::when(start.clone().lt(lit(1i64))).then(start - lit(1i64)).otherwise(lit(0i64)))
+                    .clip_min(lit(0i64))
+                    .cast(DataType::UInt64),
+                None => s.clone().str().len_chars().cast(DataType::UInt64),
+            };
+            s.str().slice(offset, length)
+        }
+        Trim => a(0)?.str().strip_chars(lit(pl::Null {})),
+        Ltrim => a(0)?.str().strip_chars_start(lit(pl::Null {})),
+        Rtrim => a(0)?.str().strip_chars_end(lit(pl::Null {})),
+        Round => {
+            let digits = match args.get(1).map(|d| &d.kind) {
+                Some(ExprKind::Literal(Literal::Integer(d))) => *d as u32,
+                _ => 0,
+            };
+            f64_of(0)?.round(digits, RoundMode::HalfAwayFromZero)
+        }
+        Floor | Ceil if args[0].ty == SqlType::Integer => a(0)?,
+        Floor => f64_of(0)?.floor(),
+        Ceil => f64_of(0)?.ceil(),
+        Abs => a(0)?.abs(),
+        Sqrt => {
+            let x = f64_of(0)?;
+            pl::when(x.clone().lt(lit(0.0))).then(null_of(SqlType::Double)).otherwise(x.sqrt())
+        }
+        Ln => {
+            let x = f64_of(0)?;
+            pl::when(x.clone().lt_eq(lit(0.0))).then(null_of(SqlType::Double)).otherwise(x.log(lit(std::f64::consts::E)))
+        }
+        Exp => f64_of(0)?.exp(),
+        Power => f64_of(0)?.pow(f64_of(1)?),
+        Coalesce => {
+            let t = ty.to_polars();
+            let parts = args.iter().map(|x| Ok(lower(x, resolve)?.cast(t.clone()))).collect::<Result<Vec<_>>>()?;
+            pl::coalesce(&parts)
+        }
+        Nullif => {
+            let common = args[0].ty.unify(args[1].ty).unwrap_or(args[0].ty);
+            let x = a(0)?;
+            let same = comparable(x.clone(), args[0].ty, common).eq(comparable(a(1)?, args[1].ty, common));
+            pl::when(same).then(null_of(ty)).otherwise(x)
+        }
+        Year => a(0)?.dt().year().cast(DataType::Int64),
+        Month => a(0)?.dt().month().cast(DataType::Int64),
+        Day => a(0)?.dt().day().cast(DataType::Int64),
+        DatePart => {
+            let x = a(1)?;
+            let v = match text_arg(0).as_str() {
+                "year" => x.dt().year(),
+                "quarter" => x.dt().quarter(),
+                "month" => x.dt().month(),
+                "week" => x.dt().week(),
+                "day" => x.dt().day(),
+                // polars: Monday = 1 .. Sunday = 7; SQL: Sunday = 0 .. Saturday = 6.
+                "dow" => x.dt().weekday().cast(DataType::Int64) % lit(7i64),
+                "doy" => x.dt().ordinal_day(),
+                "hour" => x.cast(SqlType::Timestamp.to_polars()).dt().hour(),
+                "minute" => x.cast(SqlType::Timestamp.to_polars()).dt().minute(),
+                _ => x.cast(SqlType::Timestamp.to_polars()).dt().second(),
+            };
+            v.cast(DataType::Int64)
+        }
+        DateTrunc => {
+            let every = match text_arg(0).as_str() {
+                "year" => "1y",
+                "quarter" => "1q",
+                "month" => "1mo",
+                "week" => "1w",
+                _ => "1d",
+            };
+            a(1)?.dt().truncate(lit(every))
+        }
+        WidthBucket => {
+            let x = f64_of(0)?;
+            let (lo, hi, n) = (num_lit(1), num_lit(2), num_lit(3));
+            let inside = ((x.clone() - lit(lo)) / lit(hi - lo) * lit(n)).floor() + lit(1.0);
+            pl::when(x.clone().lt(lit(lo)))
+                .then(lit(0.0))
+                .when(x.gt_eq(lit(hi)))
+                .then(lit(n + 1.0))
+                .otherwise(inside)
+                .cast(DataType::Int64)
+        }
+    })
+}
+
+/// Lowers an aggregate call over rows where `keep` holds (all rows if `None`).
+pub(crate) fn aggregate(func: AggFunc, args: &[Expr], distinct: bool, ty: SqlType, keep: Option<&PExpr>) -> Result<PExpr> {
+    let none = |_: &Expr| None;
+    let arg = |i: usize| -> Result<PExpr> {
+        let x = lower(&args[i], &none)?;
+        Ok(match keep {
+            Some(k) => x.filter(k.clone()),
+            None => x,
+        })
+    };
+    Ok(match func {
+        AggFunc::CountStar => match keep {
+            Some(k) => k.clone().sum().cast(DataType::Int64),
+            None => pl::len().cast(DataType::Int64),
+        },
+        AggFunc::Count if distinct => arg(0)?.drop_nulls().n_unique().cast(DataType::Int64),
+        AggFunc::Count => arg(0)?.count().cast(DataType::Int64),
+        AggFunc::Sum => {
+            let x = arg(0)?.cast(ty.to_polars());
+            // SQL: the sum of no values is NULL, not 0.
+            pl::when(x.clone().count().eq(lit(0u32))).then(null_of(ty)).otherwise(x.sum())
+        }
+        AggFunc::Avg => arg(0)?.cast(DataType::Float64).mean(),
+        AggFunc::Min => arg(0)?.min(),
+        AggFunc::Max => arg(0)?.max(),
+        AggFunc::Stddev => arg(0)?.cast(DataType::Float64).std(1),
+        AggFunc::Variance => arg(0)?.cast(DataType::Float64).var(1),
+        AggFunc::Median => arg(0)?.cast(DataType::Float64).median(),
+        AggFunc::Quantile => {
+            let q = match args.get(1).map(|a| &a.kind) {
+                Some(ExprKind::Literal(Literal::Double(q))) => *q,
+                _ => 0.5,
+            };
+            arg(0)?.cast(DataType::Float64).quantile(lit(q), QuantileMethod::Linear)
+        }
+        AggFunc::Corr | AggFunc::CovarSamp => {
+            // Pairwise-complete rows only, like SQL engines.
+            let y = lower(&args[0], &none)?.cast(DataType::Float64);
+            let x = lower(&args[1], &none)?.cast(DataType::Float64);
+            let mut both = y.clone().is_not_null().and(x.clone().is_not_null());
+            if let Some(k) = keep {
+                both = both.and(k.clone());
+            }
+            let (y, x) = (y.filter(both.clone()), x.filter(both));
+            if func == AggFunc::Corr { pl::pearson_corr(y, x) } else { pl::cov(y, x, 1) }
+        }
+    })
+}
+
+/// SQL LIKE pattern to an anchored regex.
+pub fn like_to_regex(pattern: &str, case_insensitive: bool) -> String {
+    let mut out = String::from(if case_insensitive { "(?is)^" } else { "(?s)^" });
+    for ch in pattern.chars() {
+        match ch {
+            '%' => out.push_str(".*"),
+            '_' => out.push('.'),
+            c => {
+                let mut buf = [0u8; 4];
+                out.push_str(&regex_escape(c.encode_utf8(&mut buf)));
+            }
+        }
+    }
+    out.push('$');
+    out
+}
+
+fn regex_escape(s: &str) -> String {
+    s.chars()
+        .flat_map(|c| {
+            if "\\.+*?()|[]{}^$#&-~".contains(c) { vec!['\\', c] } else { vec![c] }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn like_patterns_become_anchored_regexes() {
+        assert_eq!(like_to_regex("a%b_", false), "(?s)^a.*b.$");
+        assert_eq!(like_to_regex("1.5%", true), "(?is)^1\\.5.*$");
+    }
+}

@@ -1,0 +1,420 @@
+//! Lowering: the typed IR to a polars `LazyFrame`.
+//!
+//! Two modes. [`Mode::Plain`] compiles the query as written. [`Mode::Protected`]
+//! compiles the same query *and* the evidence the policy's release needs,
+//! inside the same plan:
+//!
+//! - every scan of a protected table carries its privacy unit column
+//!   (`__u*`) and clamps bounded numeric columns to their bounds;
+//! - below the aggregation, WHERE does not drop rows but ANDs into a keep
+//!   flag (`__keep`); aggregates read only kept rows, groups are formed over
+//!   all rows, and groups with no kept row are dropped;
+//! - the aggregation adds, per privacy unit, the distinct units kept and the
+//!   distinct units in the unfiltered group, and turns them into two flags
+//!   per released row: `__sd_thin` (fewer than k units) and `__sd_diff` (the
+//!   filters removed between 1 and k-1 units from the group).
+//!
+//! This module does not decide what is released: it refuses shapes it cannot
+//! instrument soundly and leaves the verdict to the policy crate.
+
+mod expr;
+
+use crate::catalog::Table;
+use crate::error::{Error, Result};
+use crate::ir::{AggFunc, Expr, ExprKind, Field, FromItem, JoinKind, Query, Select, SetExpr};
+use crate::types::SqlType;
+use expr::leaf_column;
+use polars::prelude::{self as pl, IntoLazy, DataType, Expr as PExpr, JoinArgs, JoinCoalesce, JoinType, LazyFrame, col, lit};
+
+pub use expr::like_to_regex;
+
+/// Internal column: true for released rows resting on fewer than k privacy units.
+pub const THIN_FLAG: &str = "__sd_thin";
+/// Internal column: true for rows whose group lost between 1 and k-1 units to the filters.
+pub const DIFF_FLAG: &str = "__sd_diff";
+const KEEP: &str = "__keep";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Plain,
+    Protected,
+}
+
+/// A compiled query.
+pub struct Lowered {
+    pub frame: LazyFrame,
+    /// Output columns, named `#0`, `#1`... in the frame.
+    pub output: Vec<Field>,
+    /// The frame also has [`THIN_FLAG`] and [`DIFF_FLAG`].
+    pub has_release_flags: bool,
+    /// The output is row-level data of a protected table (never releasable).
+    pub row_level_protected: bool,
+}
+
+/// Column name of the i-th output column of a lowered query.
+pub fn output_column(i: usize) -> String {
+    format!("#{i}")
+}
+
+/// Compiles a bound query.
+pub fn lower_query(query: &Query, mode: Mode) -> Result<Lowered> {
+    let rel = Lowerer { mode }.query(query)?;
+    let output = query.output();
+    let mut cols: Vec<PExpr> = (0..output.len()).map(|i| col(output_column(i))).collect();
+    if rel.released {
+        cols.push(col(THIN_FLAG));
+        cols.push(col(DIFF_FLAG));
+    }
+    Ok(Lowered {
+        frame: rel.lf.select(cols),
+        output,
+        has_release_flags: rel.released,
+        row_level_protected: !rel.units.is_empty(),
+    })
+}
+
+/// A lowered relation and the internal columns it carries.
+struct Rel {
+    lf: LazyFrame,
+    /// Privacy unit columns (row level) and their tables' k.
+    units: Vec<(String, u64)>,
+    /// Row level, protected: a `__keep` column holds the WHERE verdicts.
+    keep: bool,
+    /// Aggregated, protected: the release flags are present.
+    released: bool,
+}
+
+struct Lowerer {
+    mode: Mode,
+}
+
+fn unsupported(what: &str, hint: &str) -> Error {
+    Error::Unsupported { construct: what.into(), hint: hint.into(), span: None }
+}
+
+fn engine(e: pl::PolarsError) -> Error {
+    crate::engine::map_polars_error(&e)
+}
+
+impl Lowerer {
+    fn query(&self, q: &Query) -> Result<Rel> {
+        let mut rel = self.set_expr(&q.body)?;
+        let row_level = !rel.units.is_empty();
+        if !q.order_by.is_empty() {
+            let by: Vec<PExpr> = q.order_by.iter().map(|k| col(output_column(k.column))).collect();
+            let options = pl::SortMultipleOptions::default()
+                .with_order_descending_multi(q.order_by.iter().map(|k| k.descending))
+                .with_nulls_last_multi(q.order_by.iter().map(|k| !k.nulls_first))
+                .with_maintain_order(true);
+            rel.lf = rel.lf.sort_by_exprs(by, options);
+        }
+        if q.limit.is_some() || q.offset.is_some() {
+            if row_level {
+                return Err(unsupported(
+                    "LIMIT/OFFSET on rows of a protected table inside a query",
+                    "limit the aggregated result instead",
+                ));
+            }
+            let offset = q.offset.unwrap_or(0).min(i64::MAX as u64) as i64;
+            let len = q.limit.unwrap_or(u64::from(pl::IdxSize::MAX)).min(u64::from(pl::IdxSize::MAX)) as pl::IdxSize;
+            rel.lf = rel.lf.slice(offset, len);
+        }
+        // Drop sort-only helper columns.
+        if let SetExpr::Select(s) = &q.body {
+            if s.projection.iter().any(|i| i.sort_only) {
+                let mut keep: Vec<PExpr> =
+                    s.projection.iter().enumerate().filter(|(_, i)| !i.sort_only).map(|(i, _)| col(output_column(i))).collect();
+                keep.extend(internal_columns(&rel));
+                rel.lf = rel.lf.select(keep);
+            }
+        }
+        Ok(rel)
+    }
+
+    fn set_expr(&self, body: &SetExpr) -> Result<Rel> {
+        match body {
+            SetExpr::Select(s) => self.select(s),
+            SetExpr::Query(q) => self.query(q),
+            SetExpr::Union { left, right, all, .. } => {
+                let output = body.output();
+                let l = self.set_expr(left)?;
+                let r = self.set_expr(right)?;
+                if l.released != r.released || l.units.len() != r.units.len() {
+                    return Err(unsupported(
+                        "UNION of an aggregated and a row-level side",
+                        "aggregate both sides, or union the rows and aggregate after",
+                    ));
+                }
+                let protected = !l.units.is_empty() || l.released;
+                if protected && !*all {
+                    return Err(unsupported("UNION (distinct) on protected data", "use UNION ALL"));
+                }
+                let keep = l.keep || r.keep;
+                let units: Vec<(String, u64)> =
+                    l.units.iter().zip(&r.units).enumerate().map(|(i, (a, b))| (format!("__u{i}"), a.1.max(b.1))).collect();
+                let shape = |rel: Rel| -> LazyFrame {
+                    let mut cols: Vec<PExpr> = output
+                        .iter()
+                        .enumerate()
+                        .map(|(i, f)| col(output_column(i)).cast(f.ty.to_polars()).alias(output_column(i)))
+                        .collect();
+                    cols.extend(rel.units.iter().enumerate().map(|(i, (u, _))| col(u.as_str()).alias(format!("__u{i}"))));
+                    if keep {
+                        cols.push(if rel.keep { col(KEEP) } else { lit(true).alias(KEEP) });
+                    }
+                    if rel.released {
+                        cols.push(col(THIN_FLAG));
+                        cols.push(col(DIFF_FLAG));
+                    }
+                    rel.lf.select(cols)
+                };
+                let released = l.released;
+                let (lf, rf) = (shape(l), shape(r));
+                let args = pl::UnionArgs { to_supertypes: true, maintain_order: true, ..Default::default() };
+                let mut lf = pl::concat([lf, rf], args).map_err(engine)?;
+                if !*all {
+                    lf = lf.unique_stable(None, pl::UniqueKeepStrategy::First);
+                }
+                Ok(Rel { lf, units, keep, released })
+            }
+        }
+    }
+
+    fn select(&self, s: &Select) -> Result<Rel> {
+        let mut rel = match &s.from {
+            Some(item) => self.from(item)?,
+            None => {
+                let df = pl::DataFrame::new_infer_height(vec![pl::Column::new("__one".into(), [1i32])]).map_err(engine)?;
+                Rel { lf: df.lazy(), units: vec![], keep: false, released: false }
+            }
+        };
+        if rel.released && s.aggregate {
+            return Err(unsupported(
+                "aggregating the result of an aggregate on protected data",
+                "aggregate the table directly, with GROUP BY",
+            ));
+        }
+        let protected_rows = !rel.units.is_empty();
+        if let Some(filter) = &s.filter {
+            let pred = expr::lower(filter, &|_| None)?;
+            if protected_rows {
+                let pred = pl::coalesce(&[pred, lit(false)]);
+                let flag = if rel.keep { col(KEEP).and(pred) } else { pred };
+                rel.lf = rel.lf.with_column(flag.alias(KEEP));
+                rel.keep = true;
+            } else {
+                rel.lf = rel.lf.filter(pred);
+            }
+        }
+        if s.aggregate { self.aggregate(s, rel) } else { self.project(s, rel) }
+    }
+
+    /// A row-level SELECT: projection, carrying the internal columns.
+    fn project(&self, s: &Select, rel: Rel) -> Result<Rel> {
+        if s.distinct && (!rel.units.is_empty() || rel.released) {
+            return Err(unsupported("SELECT DISTINCT on protected data", "use GROUP BY, or COUNT(DISTINCT x)"));
+        }
+        let mut cols = Vec::new();
+        for (i, item) in s.projection.iter().enumerate() {
+            cols.push(expr::lower(&item.expr, &|_| None)?.cast(item.expr.ty.to_polars()).alias(output_column(i)));
+        }
+        cols.extend(internal_columns(&rel));
+        let mut lf = rel.lf.select(cols);
+        if s.distinct {
+            lf = lf.unique_stable(None, pl::UniqueKeepStrategy::First);
+        }
+        Ok(Rel { lf, ..rel })
+    }
+
+    /// An aggregating SELECT.
+    fn aggregate(&self, s: &Select, rel: Rel) -> Result<Rel> {
+        let keep = rel.keep.then(|| col(KEEP));
+        // Distinct aggregate calls of the block, in order of appearance.
+        let mut calls: Vec<&Expr> = Vec::new();
+        for e in s.projection.iter().map(|i| &i.expr).chain(s.having.as_ref()) {
+            collect_aggregates(e, &mut calls);
+        }
+        let keys: Vec<PExpr> = s
+            .group_by
+            .iter()
+            .enumerate()
+            .map(|(i, g)| Ok(expr::lower(g, &|_| None)?.cast(g.ty.to_polars()).alias(format!("g#{i}"))))
+            .collect::<Result<_>>()?;
+        let mut aggs = Vec::new();
+        for (i, call) in calls.iter().enumerate() {
+            let ExprKind::Aggregate { func, args, distinct } = &call.kind else { unreachable!() };
+            aggs.push(expr::aggregate(*func, args, *distinct, call.ty, keep.as_ref())?.alias(format!("a#{i}")));
+        }
+        let protected = !rel.units.is_empty();
+        if protected {
+            for (i, (unit, _)) in rel.units.iter().enumerate() {
+                let kept = match &keep {
+                    Some(k) => col(unit.as_str()).filter(k.clone()),
+                    None => col(unit.as_str()),
+                };
+                aggs.push(kept.drop_nulls().n_unique().cast(DataType::Int64).alias(format!("__kept{i}")));
+                aggs.push(col(unit.as_str()).drop_nulls().n_unique().cast(DataType::Int64).alias(format!("__all{i}")));
+            }
+            if let Some(k) = &keep {
+                aggs.push(k.clone().sum().cast(DataType::Int64).alias("__nkeep"));
+            }
+        }
+        let mut lf = if keys.is_empty() {
+            rel.lf.select(aggs)
+        } else {
+            rel.lf.group_by_stable(keys).agg(aggs)
+        };
+        if protected {
+            if keep.is_some() && !s.group_by.is_empty() {
+                // Groups formed only by filtered-out rows do not exist in SQL.
+                lf = lf.filter(col("__nkeep").gt(lit(0i64)));
+            }
+            let mut thin = lit(false);
+            let mut diff = lit(false);
+            for (i, (_, k)) in rel.units.iter().enumerate() {
+                let k = lit(*k as i64);
+                let kept = col(format!("__kept{i}"));
+                let removed = col(format!("__all{i}")) - kept.clone();
+                thin = thin.or(kept.lt(k.clone()));
+                diff = diff.or(removed.clone().gt(lit(0i64)).and(removed.lt(k)));
+            }
+            lf = lf.with_columns([thin.alias(THIN_FLAG), diff.alias(DIFF_FLAG)]);
+        }
+        // After aggregation: group keys and aggregates are columns.
+        let resolve = |e: &Expr| -> Option<PExpr> {
+            if let Some(i) = s.group_by.iter().position(|g| g.same_as(e)) {
+                return Some(col(format!("g#{i}")));
+            }
+            if matches!(e.kind, ExprKind::Aggregate { .. }) {
+                return calls.iter().position(|c| c.same_as(e)).map(|i| col(format!("a#{i}")));
+            }
+            None
+        };
+        if let Some(h) = &s.having {
+            lf = lf.filter(pl::coalesce(&[expr::lower(h, &resolve)?, lit(false)]));
+        }
+        let mut cols = Vec::new();
+        for (i, item) in s.projection.iter().enumerate() {
+            cols.push(expr::lower(&item.expr, &resolve)?.cast(item.expr.ty.to_polars()).alias(output_column(i)));
+        }
+        if protected {
+            cols.push(col(THIN_FLAG));
+            cols.push(col(DIFF_FLAG));
+        }
+        let mut lf = lf.select(cols);
+        if s.distinct {
+            lf = lf.unique_stable(None, pl::UniqueKeepStrategy::First);
+        }
+        Ok(Rel { lf, units: vec![], keep: false, released: protected })
+    }
+
+    fn from(&self, item: &FromItem) -> Result<Rel> {
+        match item {
+            FromItem::Table { slot, table, .. } => self.scan(*slot, table),
+            FromItem::Derived { slot, query, .. } => {
+                let rel = self.query(query)?;
+                let mut cols: Vec<PExpr> = (0..query.output().len()).map(|i| col(output_column(i)).alias(leaf_column(*slot, i))).collect();
+                let units: Vec<(String, u64)> = rel.units.iter().enumerate().map(|(j, (_, k))| (format!("__u{slot}_{j}"), *k)).collect();
+                cols.extend(rel.units.iter().zip(&units).map(|((old, _), (new, _))| col(old.as_str()).alias(new.as_str())));
+                if rel.keep {
+                    cols.push(col(KEEP));
+                }
+                if rel.released {
+                    cols.push(col(THIN_FLAG));
+                    cols.push(col(DIFF_FLAG));
+                }
+                Ok(Rel { lf: rel.lf.select(cols), units, keep: rel.keep, released: rel.released })
+            }
+            FromItem::Join { left, right, kind, on, .. } => {
+                let l = self.from(left)?;
+                let r = self.from(right)?;
+                if l.released || r.released {
+                    return Err(unsupported("joining an aggregated result on protected data", "join the tables, then aggregate"));
+                }
+                if *kind == JoinKind::Left && r.keep {
+                    return Err(unsupported(
+                        "a filtered right side of a LEFT JOIN on protected data",
+                        "move the condition to the outer WHERE, or use an inner JOIN",
+                    ));
+                }
+                let mut left_on = Vec::new();
+                let mut right_on = Vec::new();
+                for (a, b) in on {
+                    let t = a.ty.unify(b.ty).unwrap_or(a.ty).to_polars();
+                    left_on.push(expr::lower(a, &|_| None)?.cast(t.clone()));
+                    right_on.push(expr::lower(b, &|_| None)?.cast(t));
+                }
+                let rf = if r.keep { r.lf.rename([KEEP], ["__keep_r"], true) } else { r.lf };
+                let how = if *kind == JoinKind::Left { JoinType::Left } else { JoinType::Inner };
+                let mut lf = l.lf.join(rf, left_on, right_on, JoinArgs::new(how).with_coalesce(JoinCoalesce::KeepColumns));
+                let keep = l.keep || r.keep;
+                if r.keep {
+                    let flag = if l.keep { col(KEEP).and(col("__keep_r")) } else { col("__keep_r") };
+                    lf = lf.with_column(flag.alias(KEEP)).drop(pl::Selector::ByName { names: ["__keep_r".into()].into(), strict: true });
+                }
+                let mut units = l.units;
+                units.extend(r.units);
+                Ok(Rel { lf, units, keep, released: false })
+            }
+        }
+    }
+
+    fn scan(&self, slot: usize, table: &Table) -> Result<Rel> {
+        let protected = self.mode == Mode::Protected && !table.public;
+        let mut cols = Vec::new();
+        for (i, c) in table.columns.iter().enumerate() {
+            let mut e = col(c.name.as_str()).cast(c.ty.to_polars());
+            if protected {
+                if let Some((lo, hi)) = c.bounds {
+                    // Clamp so no single person can dominate a sum.
+                    e = match c.ty {
+                        SqlType::Integer => e.clip(lit(lo.ceil() as i64), lit(hi.floor() as i64)),
+                        _ => e.clip(lit(lo), lit(hi)),
+                    };
+                }
+            }
+            cols.push(e.alias(leaf_column(slot, i)));
+        }
+        let mut units = Vec::new();
+        if protected {
+            let unit = table.privacy_unit.as_deref().ok_or_else(|| Error::Engine("internal error: protected table without privacy unit".into()))?;
+            let name = format!("__u{slot}");
+            cols.push(col(unit).alias(name.as_str()));
+            units.push((name, table.min_group_size));
+        }
+        Ok(Rel { lf: table.scan()?.select(cols), units, keep: false, released: false })
+    }
+}
+
+/// Distinct aggregate calls of `e`, in order of appearance.
+fn collect_aggregates<'a>(e: &'a Expr, calls: &mut Vec<&'a Expr>) {
+    e.walk(&mut |x| {
+        if matches!(x.kind, ExprKind::Aggregate { .. }) && !calls.iter().any(|c| c.same_as(x)) {
+            calls.push(x);
+        }
+    });
+}
+
+/// The internal columns a relation carries through projections.
+fn internal_columns(rel: &Rel) -> Vec<PExpr> {
+    let mut cols: Vec<PExpr> = rel.units.iter().map(|(u, _)| col(u.as_str())).collect();
+    if rel.keep {
+        cols.push(col(KEEP));
+    }
+    if rel.released {
+        cols.push(col(THIN_FLAG));
+        cols.push(col(DIFF_FLAG));
+    }
+    cols
+}
+
+/// Which aggregates a query uses (for tools that describe a query).
+pub fn aggregates_of(e: &Expr) -> Vec<AggFunc> {
+    let mut v = Vec::new();
+    e.walk(&mut |x| {
+        if let ExprKind::Aggregate { func, .. } = x.kind {
+            v.push(func);
+        }
+    });
+    v
+}

@@ -1,0 +1,95 @@
+//! Source spans: byte ranges into the text of a cell, and the caret rendering
+//! every error message uses.
+
+use serde::Serialize;
+
+/// A half-open byte range `[start, end)` into the cell the statement came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize)]
+pub struct Span {
+    pub start: usize,
+    pub end: usize,
+}
+
+impl Span {
+    pub fn new(start: usize, end: usize) -> Self {
+        Span { start, end: end.max(start) }
+    }
+
+    pub fn shifted(self, offset: usize) -> Self {
+        Span { start: self.start + offset, end: self.end + offset }
+    }
+
+    /// The smallest span covering both.
+    pub fn union(self, other: Span) -> Span {
+        Span { start: self.start.min(other.start), end: self.end.max(other.end) }
+    }
+}
+
+/// Maps sqlparser's 1-based (line, column-in-chars) locations to byte offsets.
+pub(crate) struct LineIndex<'a> {
+    text: &'a str,
+    line_starts: Vec<usize>,
+}
+
+impl<'a> LineIndex<'a> {
+    pub fn new(text: &'a str) -> Self {
+        let mut line_starts = vec![0];
+        line_starts.extend(text.match_indices('\n').map(|(i, _)| i + 1));
+        LineIndex { text, line_starts }
+    }
+
+    /// Byte offset of a 1-based line and 1-based character column, clamped to the text.
+    pub fn offset(&self, line: u64, column: u64) -> Option<usize> {
+        if line == 0 {
+            return None;
+        }
+        let start = *self.line_starts.get(line as usize - 1)?;
+        let rest = &self.text[start..];
+        let col = column.saturating_sub(1) as usize;
+        let within = rest.char_indices().nth(col).map(|(i, _)| i).unwrap_or(rest.len());
+        Some(start + within)
+    }
+
+    /// Converts a sqlparser span (end inclusive of its last character, as
+    /// sqlparser reports it) into a byte span.
+    pub fn span(&self, span: sqlparser::tokenizer::Span) -> Option<Span> {
+        let start = self.offset(span.start.line, span.start.column)?;
+        let end = self.offset(span.end.line, span.end.column)?.max(start);
+        Some(Span::new(start, end))
+    }
+}
+
+/// Renders the line(s) of `text` covered by `span` with a caret line under the
+/// span, the way every traceback shows the offending part of a statement.
+pub fn caret_snippet(text: &str, span: Span) -> String {
+    let start = span.start.min(text.len());
+    let end = span.end.min(text.len()).max(start);
+    let line_start = text[..start].rfind('\n').map(|i| i + 1).unwrap_or(0);
+    let line_end = text[start..].find('\n').map(|i| start + i).unwrap_or(text.len());
+    let line = &text[line_start..line_end];
+    let lead = text[line_start..start].chars().count();
+    let width = text[start..end.min(line_end)].chars().count().max(1);
+    let line_no = text[..line_start].matches('\n').count() + 1;
+    let gutter = format!("{line_no} | ");
+    format!("{gutter}{line}\n{}{}{}", " ".repeat(gutter.len()), " ".repeat(lead), "^".repeat(width))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn caret_under_the_span() {
+        let text = "SELECT a,\n  name FROM t";
+        let start = text.find("name").unwrap();
+        let snippet = caret_snippet(text, Span::new(start, start + 4));
+        assert_eq!(snippet, "2 |   name FROM t\n      ^^^^");
+    }
+
+    #[test]
+    fn line_index_handles_multibyte() {
+        let text = "SELECT 'é', x";
+        let idx = LineIndex::new(text);
+        assert_eq!(idx.offset(1, 13), Some(text.find('x').unwrap()));
+    }
+}

@@ -1,0 +1,326 @@
+//! Data-driven tests of the dialect: every `tests/cases/*.test` file holds
+//! cases of the form
+//!
+//! ```text
+//! # <case name>
+//! <SQL, possibly several lines>
+//! ----
+//! <expected>
+//! ```
+//!
+//! where `<expected>` is either the result (a header line of column names
+//! joined by `|`, then one line per row, `NULL` for nulls) or
+//! `error: <Kind>: <substring of the message>`. Cases run against the
+//! fixtures in `tests/fixtures` (see `safe-data.toml` there) in plain mode.
+//!
+//! When a case's SQL has no `ORDER BY`, rows are compared as a multiset (SQL
+//! does not define their order); otherwise in order.
+//!
+//! All failures are collected and reported together in one panic.
+
+use safe_data_lang::Catalog;
+use safe_data_lang::bind::bind_sql;
+use safe_data_lang::engine::{self, CancelFlag, Value};
+use safe_data_lang::lower::{Mode, lower_query};
+use safe_data_lang::parse::{Statement, parse_cell};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The fewest cases the suite may hold (a guard against a broken parser).
+const MIN_CASES: usize = 150;
+
+struct Case {
+    file: String,
+    line: usize,
+    name: String,
+    sql: String,
+    expected: Vec<String>,
+}
+
+fn tests_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests")
+}
+
+fn catalog() -> Catalog {
+    let path = tests_dir().join("fixtures").join("safe-data.toml");
+    match Catalog::load(&path) {
+        Ok(c) => c,
+        Err(e) => panic!("cannot load {}: {e}", path.display()),
+    }
+}
+
+/// Parses one `.test` file into its cases.
+fn parse_cases(file: &str, text: &str) -> Vec<Case> {
+    let lines: Vec<&str> = text.lines().collect();
+    // A block starts at a `# ` line at the top of the file or after a blank line.
+    let starts: Vec<usize> = (0..lines.len())
+        .filter(|&i| lines[i].starts_with("# ") && (i == 0 || lines[i - 1].trim().is_empty()))
+        .collect();
+    let mut cases = Vec::new();
+    for (n, &start) in starts.iter().enumerate() {
+        let end = starts.get(n + 1).copied().unwrap_or(lines.len());
+        let block = &lines[start..end];
+        let name = block[0][2..].trim().to_string();
+        let Some(sep) = block.iter().position(|l| l.trim_end() == "----") else {
+            panic!("{file}:{}: case `{name}` has no `----` line", start + 1);
+        };
+        let sql = block[1..sep].join("\n").trim().to_string();
+        let mut expected: Vec<String> = block[sep + 1..].iter().map(|l| l.trim_end().to_string()).collect();
+        while expected.last().is_some_and(|l| l.is_empty()) {
+            expected.pop();
+        }
+        assert!(!sql.is_empty(), "{file}:{}: case `{name}` has no SQL", start + 1);
+        assert!(!expected.is_empty(), "{file}:{}: case `{name}` has no expected result", start + 1);
+        cases.push(Case { file: file.to_string(), line: start + 1, name, sql, expected });
+    }
+    cases
+}
+
+fn load_cases() -> Vec<Case> {
+    let dir = tests_dir().join("cases");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", dir.display()))
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "test"))
+        .collect();
+    files.sort();
+    let mut cases = Vec::new();
+    for path in files {
+        let text = std::fs::read_to_string(&path).unwrap();
+        let name = path.file_name().unwrap().to_string_lossy().to_string();
+        cases.extend(parse_cases(&name, &text));
+    }
+    cases
+}
+
+/// What a statement gives: the result lines, or an error.
+enum Outcome {
+    Rows(Vec<String>),
+    Error { kind: String, message: String },
+}
+
+impl Outcome {
+    fn render(&self) -> String {
+        match self {
+            Outcome::Rows(lines) => lines.join("\n"),
+            Outcome::Error { kind, message } => format!("error: {kind}: {message}"),
+        }
+    }
+}
+
+fn cell(v: &Value) -> String {
+    match v {
+        Value::Null => "NULL".to_string(),
+        other => other.to_text(),
+    }
+}
+
+fn run(catalog: &Catalog, sql: &str) -> Outcome {
+    let err = |e: safe_data_lang::Error| Outcome::Error { kind: e.kind().to_string(), message: e.to_string() };
+    let query = match bind_sql(catalog, sql) {
+        Ok(q) => q,
+        Err(e) => return err(e),
+    };
+    let lowered = match lower_query(&query, Mode::Plain) {
+        Ok(l) => l,
+        Err(e) => return err(e),
+    };
+    let df = match engine::collect(lowered.frame, &CancelFlag::new(), Duration::from_secs(30)) {
+        Ok(df) => df,
+        Err(e) => return err(e),
+    };
+    let types: Vec<_> = lowered.output.iter().map(|f| f.ty).collect();
+    let rows = engine::rows_of(&df, &types, &(0..df.height()).collect::<Vec<_>>());
+    let mut lines = vec![lowered.output.iter().map(|f| f.name.as_str()).collect::<Vec<_>>().join("|")];
+    lines.extend(rows.iter().map(|r| r.iter().map(cell).collect::<Vec<_>>().join("|")));
+    Outcome::Rows(lines)
+}
+
+fn run_guarded(catalog: &Catalog, sql: &str) -> Outcome {
+    match catch_unwind(AssertUnwindSafe(|| run(catalog, sql))) {
+        Ok(o) => o,
+        Err(p) => {
+            let text = p
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_default();
+            Outcome::Error { kind: "PANIC".into(), message: text }
+        }
+    }
+}
+
+fn has_order_by(sql: &str) -> bool {
+    sql.split_whitespace().collect::<Vec<_>>().join(" ").to_ascii_uppercase().contains("ORDER BY")
+}
+
+/// Whether `got` matches the case's expectation.
+fn matches(case: &Case, got: &Outcome) -> bool {
+    let first = &case.expected[0];
+    if let Some(rest) = first.strip_prefix("error: ") {
+        let (kind, sub) = rest.split_once(": ").unwrap_or((rest, ""));
+        let mut sub = sub.to_string();
+        for more in &case.expected[1..] {
+            sub.push('\n');
+            sub.push_str(more);
+        }
+        return match got {
+            Outcome::Error { kind: k, message } => k == kind && message.contains(sub.as_str()),
+            Outcome::Rows(_) => false,
+        };
+    }
+    match got {
+        Outcome::Error { .. } => false,
+        Outcome::Rows(lines) => {
+            if lines.len() != case.expected.len() || lines[0] != case.expected[0] {
+                return false;
+            }
+            let mut a: Vec<&String> = lines[1..].iter().collect();
+            let mut b: Vec<&String> = case.expected[1..].iter().collect();
+            if !has_order_by(&case.sql) {
+                a.sort();
+                b.sort();
+            }
+            a == b
+        }
+    }
+}
+
+fn indent(text: &str) -> String {
+    text.lines().map(|l| format!("    {l}")).collect::<Vec<_>>().join("\n")
+}
+
+#[test]
+fn dialect_cases() {
+    let catalog = catalog();
+    let cases = load_cases();
+    let mut failures = Vec::new();
+    for case in &cases {
+        let got = run_guarded(&catalog, &case.sql);
+        if !matches(case, &got) {
+            failures.push(format!(
+                "{}:{}: {}\n  sql:\n{}\n  expected:\n{}\n  got:\n{}",
+                case.file,
+                case.line,
+                case.name,
+                indent(&case.sql),
+                indent(&case.expected.join("\n")),
+                indent(&got.render())
+            ));
+        }
+    }
+    let total = cases.len();
+    let failed = failures.len();
+    eprintln!("dialect cases: {total} total, {} passed, {failed} failed", total - failed);
+    assert!(total >= MIN_CASES, "only {total} cases found; expected at least {MIN_CASES}");
+    if !failures.is_empty() {
+        panic!("{failed} of {total} dialect cases failed:\n\n{}", failures.join("\n\n"));
+    }
+}
+
+/// The IR prints as SQL that binds back to the same IR.
+#[test]
+fn printed_ir_binds_to_the_same_ir() {
+    let catalog = catalog();
+    let cases = load_cases();
+    let mut failures = Vec::new();
+    let mut checked = 0;
+    for case in &cases {
+        let Ok(query) = bind_sql(&catalog, &case.sql) else { continue };
+        checked += 1;
+        let printed = query.to_string();
+        match catch_unwind(AssertUnwindSafe(|| bind_sql(&catalog, &printed))) {
+            Ok(Ok(again)) => {
+                let reprinted = again.to_string();
+                if reprinted != printed {
+                    failures.push(format!(
+                        "{}:{}: {}\n  sql:\n{}\n  printed:\n{}\n  printed again:\n{}",
+                        case.file,
+                        case.line,
+                        case.name,
+                        indent(&case.sql),
+                        indent(&printed),
+                        indent(&reprinted)
+                    ));
+                }
+            }
+            Ok(Err(e)) => failures.push(format!(
+                "{}:{}: {}\n  sql:\n{}\n  printed:\n{}\n  does not bind: {}: {e}",
+                case.file,
+                case.line,
+                case.name,
+                indent(&case.sql),
+                indent(&printed),
+                e.kind()
+            )),
+            Err(_) => failures.push(format!(
+                "{}:{}: {}\n  printed:\n{}\n  binding it panicked",
+                case.file,
+                case.line,
+                case.name,
+                indent(&printed)
+            )),
+        }
+    }
+    eprintln!("round trip: {checked} bound cases checked, {} failed", failures.len());
+    assert!(checked >= 100, "only {checked} cases bound; the round trip checks too little");
+    if !failures.is_empty() {
+        panic!("{} of {checked} printed queries do not round-trip:\n\n{}", failures.len(), failures.join("\n\n"));
+    }
+}
+
+#[test]
+fn parse_cell_splits_statements_with_offsets() {
+    let cell = "SELECT 1 AS a;\n  SELECT 'x;y' AS b ;\n\nSHOW TABLES;;  DESCRIBE people";
+    let parsed = parse_cell(cell).expect("the cell parses");
+    assert_eq!(parsed.len(), 4, "{parsed:?}");
+    let expected = [
+        ("SELECT 1 AS a", 0),
+        ("SELECT 'x;y' AS b", 17),
+        ("SHOW TABLES", 38),
+        ("DESCRIBE people", 53),
+    ];
+    for (p, (text, offset)) in parsed.iter().zip(expected) {
+        assert_eq!(p.text, text);
+        assert_eq!(p.offset, offset, "offset of `{text}`");
+        assert_eq!(&cell[p.offset..p.offset + p.text.len()], text);
+    }
+    assert!(matches!(parsed[0].statement, Statement::Query(_)));
+    assert!(matches!(parsed[1].statement, Statement::Query(_)));
+    assert!(matches!(parsed[2].statement, Statement::ShowTables));
+    assert!(matches!(&parsed[3].statement, Statement::Describe { table, .. } if table == "people"));
+
+    // Every statement binds and runs on its own.
+    let catalog = catalog();
+    for p in &parsed[..2] {
+        let q = bind_sql(&catalog, &p.text).expect("binds");
+        assert_eq!(q.output().len(), 1);
+    }
+
+    // An error in a later statement points into the cell, not the statement.
+    let cell = "SELECT 1;\nSELECT FROM WHERE";
+    let err = parse_cell(cell).unwrap_err();
+    assert_eq!(err.kind(), "SyntaxError");
+    let span = err.span().expect("a syntax error has a span");
+    assert!(span.start >= 10 && span.start <= cell.len(), "span {span:?} is not inside the second statement");
+
+    // DDL in a cell is refused by name.
+    let err = parse_cell("SELECT 1; DROP TABLE people").unwrap_err();
+    assert_eq!(err.kind(), "UnsupportedError");
+    assert!(err.to_string().starts_with("DROP TABLE"), "{err}");
+    assert!(err.span().is_some_and(|s| s.start == 10), "{:?}", err.span());
+}
+
+#[test]
+fn case_files_parse() {
+    let cases = parse_cases(
+        "inline",
+        "# first\nSELECT 1\n----\na\n1\n\n# second\nSELECT\n  2\n----\nerror: QueryError: x\n",
+    );
+    assert_eq!(cases.len(), 2);
+    assert_eq!(cases[0].name, "first");
+    assert_eq!(cases[0].expected, vec!["a", "1"]);
+    assert_eq!(cases[1].sql, "SELECT\n  2");
+    assert_eq!(cases[1].expected, vec!["error: QueryError: x"]);
+}

@@ -1,0 +1,397 @@
+//! The static check: the role rules applied to the bound IR before anything
+//! runs. A refusal here depends only on the statement and the owner's
+//! config, never on the data.
+//!
+//! The check follows every column through aliases, CTEs, subqueries and
+//! unions (as [`ColInfo`]), so a column keeps its role however it is wrapped.
+//! What it does not do: count people. That happens inside the plan (see
+//! `safe_data_lang::lower::Mode::Protected`) and in [`crate::release`].
+
+use crate::error::{Error, Result, Rule};
+use safe_data_lang::catalog::Table;
+use safe_data_lang::config::Role;
+use safe_data_lang::ir::{AggFunc, BinaryOp, ColumnRef, Expr, ExprKind, FromItem, Literal, Query, Select, SetExpr, UnaryOp};
+use safe_data_lang::span::Span;
+use safe_data_lang::types::SqlType;
+use std::collections::HashMap;
+
+/// What a query's result is, for the release.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Level {
+    /// Only public tables: released as is (row limit aside).
+    Public,
+    /// Rows of a protected table: never released.
+    RowLevel,
+    /// Aggregated over protected rows: released row by row after the k checks.
+    Aggregated,
+}
+
+/// What a column of a relation carries, as far as the policy is concerned.
+#[derive(Debug, Clone)]
+pub(crate) struct ColInfo {
+    role: Eff,
+    /// The base column when this is a plain pass-through of one.
+    base: Option<(String, String)>,
+    /// Every protected base column it depends on has bounds.
+    bounded: bool,
+    /// Aggregates the owner allows beyond the role's defaults (bare columns only).
+    extra_aggregates: Vec<AggFunc>,
+    /// Declared as a join key on its table.
+    join_key: bool,
+    /// A column or plain arithmetic of columns: no condition or function
+    /// hides in it (so aggregating it is not a hidden filter).
+    plain: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Eff {
+    /// Public data, or a value computed by a released aggregate.
+    Free,
+    Dimension,
+    Measure,
+    Identifier,
+}
+
+impl ColInfo {
+    fn free() -> Self {
+        ColInfo { role: Eff::Free, base: None, bounded: true, extra_aggregates: vec![], join_key: true, plain: true }
+    }
+
+    /// The most restrictive of several inputs (an expression over them).
+    fn combine(infos: &[&ColInfo]) -> ColInfo {
+        let role = infos.iter().map(|i| i.role).max().unwrap_or(Eff::Free);
+        ColInfo {
+            role,
+            base: None,
+            bounded: infos.iter().all(|i| i.bounded),
+            extra_aggregates: vec![],
+            join_key: false,
+            plain: infos.iter().all(|i| i.plain),
+        }
+    }
+}
+
+/// The result of checking a query.
+#[derive(Debug, Clone)]
+pub struct Verdict {
+    pub level: Level,
+}
+
+type Scope = HashMap<usize, Vec<ColInfo>>;
+
+/// Checks a bound query against the role rules.
+pub fn check(query: &Query) -> Result<Verdict> {
+    let (level, _) = check_query(query)?;
+    if level == Level::RowLevel {
+        return Err(Error::refused(
+            Rule::RawRows,
+            "this query returns individual rows of a protected table; ask for an aggregate instead, \
+             e.g. SELECT sex, COUNT(*), AVG(bmi) FROM patients GROUP BY sex",
+            Some(query.span),
+        ));
+    }
+    Ok(Verdict { level })
+}
+
+fn check_query(q: &Query) -> Result<(Level, Vec<ColInfo>)> {
+    let (level, infos) = check_set(&q.body)?;
+    if level == Level::RowLevel && (q.limit.is_some() || q.offset.is_some()) {
+        return Err(Error::refused(
+            Rule::RawRows,
+            "LIMIT/OFFSET on individual rows is not a privacy protection; aggregate first, then limit the groups",
+            Some(q.span),
+        ));
+    }
+    Ok((level, infos))
+}
+
+fn check_set(body: &SetExpr) -> Result<(Level, Vec<ColInfo>)> {
+    match body {
+        SetExpr::Select(s) => check_select(s),
+        SetExpr::Query(q) => check_query(q),
+        SetExpr::Union { left, right, all, span } => {
+            let (ll, li) = check_set(left)?;
+            let (rl, ri) = check_set(right)?;
+            let level = match (ll, rl) {
+                (a, b) if a == b => a,
+                (Level::Public, b) => b,
+                (a, Level::Public) => a,
+                _ => {
+                    return Err(Error::refused(
+                        Rule::Shape,
+                        "a UNION cannot mix aggregated results with individual rows; aggregate both sides",
+                        Some(*span),
+                    ));
+                }
+            };
+            if level != Level::Public && !all {
+                return Err(Error::refused(Rule::Shape, "use UNION ALL on protected data (UNION without ALL is not supported)", Some(*span)));
+            }
+            let infos = li.iter().zip(&ri).map(|(a, b)| ColInfo::combine(&[a, b])).collect();
+            Ok((level, infos))
+        }
+    }
+}
+
+fn check_from(item: &FromItem, scope: &mut Scope) -> Result<Level> {
+    match item {
+        FromItem::Table { slot, table, .. } => {
+            scope.insert(*slot, table_infos(table));
+            Ok(if table.public { Level::Public } else { Level::RowLevel })
+        }
+        FromItem::Derived { slot, query, .. } => {
+            let (level, mut infos) = check_query(query)?;
+            if level == Level::Aggregated {
+                // Values computed by aggregates are released values.
+                infos = infos.into_iter().map(|_| ColInfo::free()).collect();
+            }
+            scope.insert(*slot, infos);
+            Ok(level)
+        }
+        FromItem::Join { left, right, on, span, .. } => {
+            let l = check_from(left, scope)?;
+            let r = check_from(right, scope)?;
+            if l == Level::Aggregated || r == Level::Aggregated {
+                if l != Level::Public && r != Level::Public {
+                    return Err(Error::refused(
+                        Rule::Shape,
+                        "joining an aggregated result with protected data is not supported; join the tables, then aggregate",
+                        Some(*span),
+                    ));
+                }
+            }
+            for (a, b) in on {
+                for key in [a, b] {
+                    let info = expr_info(key, scope);
+                    let bare = matches!(key.kind, ExprKind::Column(_));
+                    if info.role != Eff::Free && !(bare && info.join_key) {
+                        return Err(Error::refused(
+                            Rule::JoinKey,
+                            "joins on protected tables must use the join keys the data owner declared (DESCRIBE shows them)",
+                            Some(key.span),
+                        ));
+                    }
+                }
+            }
+            Ok(match (l, r) {
+                (Level::Public, x) | (x, Level::Public) => x,
+                (a, _) => a,
+            })
+        }
+    }
+}
+
+fn table_infos(table: &Table) -> Vec<ColInfo> {
+    table
+        .columns
+        .iter()
+        .map(|c| {
+            if table.public {
+                return ColInfo::free();
+            }
+            let role = match c.role {
+                Role::Identifier => Eff::Identifier,
+                Role::Measure => Eff::Measure,
+                Role::Dimension | Role::Hidden => Eff::Dimension,
+            };
+            ColInfo {
+                role,
+                base: Some((table.name.clone(), c.name.clone())),
+                bounded: c.bounds.is_some() || !c.ty.is_numeric(),
+                extra_aggregates: c.aggregates.clone(),
+                join_key: table.join_keys.iter().any(|k| k.eq_ignore_ascii_case(&c.name)),
+                plain: true,
+            }
+        })
+        .collect()
+}
+
+fn column_info<'s>(c: &ColumnRef, scope: &'s Scope) -> Option<&'s ColInfo> {
+    scope.get(&c.slot).and_then(|cols| cols.get(c.index))
+}
+
+/// The info of an expression evaluated per row (aggregates count as free).
+fn expr_info(e: &Expr, scope: &Scope) -> ColInfo {
+    match &e.kind {
+        ExprKind::Column(c) => column_info(c, scope).cloned().unwrap_or_else(ColInfo::free),
+        ExprKind::Aggregate { .. } | ExprKind::Literal(_) => ColInfo::free(),
+        _ => {
+            let children: Vec<ColInfo> = e.children().into_iter().map(|c| expr_info(c, scope)).collect();
+            let refs: Vec<&ColInfo> = children.iter().collect();
+            let mut info = ColInfo::combine(&refs);
+            info.bounded = info.bounded && is_arithmetic(e);
+            info.plain = info.plain && is_arithmetic(e);
+            info
+        }
+    }
+}
+
+/// Whether an expression is plain arithmetic of columns and numeric literals.
+fn is_arithmetic(e: &Expr) -> bool {
+    match &e.kind {
+        ExprKind::Column(_) => true,
+        ExprKind::Literal(Literal::Integer(_) | Literal::Double(_)) => true,
+        ExprKind::Binary { op: BinaryOp::Add | BinaryOp::Sub | BinaryOp::Mul, left, right } => is_arithmetic(left) && is_arithmetic(right),
+        // Division only by a non-zero constant: division by a column is unbounded.
+        ExprKind::Binary { op: BinaryOp::Div, left, right } => {
+            is_arithmetic(left) && matches!(right.kind, ExprKind::Literal(Literal::Integer(d)) if d != 0)
+                || is_arithmetic(left) && matches!(right.kind, ExprKind::Literal(Literal::Double(d)) if d != 0.0)
+        }
+        ExprKind::Unary { op: UnaryOp::Neg, expr } => is_arithmetic(expr),
+        ExprKind::Cast { expr, to: SqlType::Integer | SqlType::Double } => is_arithmetic(expr),
+        _ => false,
+    }
+}
+
+/// Checks per-row uses (outside aggregates): no identifiers, no measures.
+fn check_row_use(e: &Expr, scope: &Scope, clause: &str) -> Result<()> {
+    match &e.kind {
+        ExprKind::Aggregate { .. } => Ok(()),
+        ExprKind::Column(c) => {
+            let Some(info) = column_info(c, scope) else { return Ok(()) };
+            match info.role {
+                Eff::Identifier => Err(Error::refused(
+                    Rule::IdentifierUse,
+                    format!("`{}` identifies people: it can only be a join key or counted with COUNT(DISTINCT {}), not used in {clause}", c.name, c.name),
+                    Some(e.span),
+                )),
+                Eff::Measure => Err(Error::refused(
+                    Rule::MeasureUse,
+                    format!("`{}` is a measure: use it inside an aggregate such as AVG({}), not in {clause}", c.name, c.name),
+                    Some(e.span),
+                )),
+                _ => Ok(()),
+            }
+        }
+        _ => e.children().into_iter().try_for_each(|c| check_row_use(c, scope, clause)),
+    }
+}
+
+/// Checks an aggregate call's arguments against the roles and the owner's lists.
+fn check_aggregate(e: &Expr, scope: &Scope) -> Result<()> {
+    let ExprKind::Aggregate { func, args, distinct } = &e.kind else {
+        return e.children().into_iter().try_for_each(|c| check_aggregate(c, scope));
+    };
+    let func = *func;
+    let data_args: Vec<&Expr> = match func {
+        AggFunc::Quantile => args.iter().take(1).collect(),
+        _ => args.iter().collect(),
+    };
+    for arg in data_args {
+        let info = expr_info(arg, scope);
+        if info.role == Eff::Free {
+            continue;
+        }
+        if !is_arithmetic(arg) || !info.plain {
+            return Err(Error::refused(
+                Rule::ConditionalAggregate,
+                format!(
+                    "inside {} on protected data, use a column or arithmetic of columns; conditions and functions inside an aggregate act as hidden filters — filter with WHERE or GROUP BY the condition instead",
+                    func.sql_name()
+                ),
+                Some(arg.span),
+            ));
+        }
+        if info.role == Eff::Identifier {
+            if !(func == AggFunc::Count && *distinct && matches!(arg.kind, ExprKind::Column(_))) {
+                return Err(Error::refused(
+                    Rule::IdentifierUse,
+                    "an identifier can only be counted, with COUNT(DISTINCT column)",
+                    Some(arg.span),
+                ));
+            }
+            continue;
+        }
+        let column_name = info.base.as_ref().map(|(_, c)| c.clone()).unwrap_or_else(|| "this expression".into());
+        if func.is_order_statistic() {
+            let allowed = matches!(arg.kind, ExprKind::Column(_)) && info.extra_aggregates.contains(&func);
+            if !allowed {
+                return Err(Error::refused(
+                    Rule::AggregateNotAllowed,
+                    format!(
+                        "{} returns one person's own value; the data owner does not allow it on {column_name} (DESCRIBE lists the allowed aggregates)",
+                        func.sql_name()
+                    ),
+                    Some(e.span),
+                ));
+            }
+        }
+        if func.needs_bounds() && !info.bounded {
+            return Err(Error::refused(
+                Rule::Unbounded,
+                format!("{} needs bounds on every column it adds up, so no one person can dominate it; {column_name} has none", func.sql_name()),
+                Some(arg.span),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn check_select(s: &Select) -> Result<(Level, Vec<ColInfo>)> {
+    let mut scope = Scope::new();
+    let from_level = match &s.from {
+        Some(item) => check_from(item, &mut scope)?,
+        None => Level::Public,
+    };
+    if let Some(w) = &s.filter {
+        check_row_use(w, &scope, "WHERE")?;
+    }
+    for g in &s.group_by {
+        check_row_use(g, &scope, "GROUP BY")?;
+    }
+    // A row-level block over protected rows only passes columns on (with
+    // their roles, see `expr_info`); its uses are checked where it is
+    // aggregated, and it is refused if it is the result.
+    let passes_rows_on = from_level == Level::RowLevel && !s.aggregate;
+    for item in &s.projection {
+        let clause = if item.sort_only { "ORDER BY" } else { "the select list" };
+        if !passes_rows_on {
+            check_row_use(&item.expr, &scope, clause)?;
+        }
+        check_aggregate(&item.expr, &scope)?;
+    }
+    if let Some(h) = &s.having {
+        check_row_use(h, &scope, "HAVING")?;
+        check_aggregate(h, &scope)?;
+    }
+    let level = match (from_level, s.aggregate) {
+        (Level::Public, _) => Level::Public,
+        (Level::RowLevel, true) => Level::Aggregated,
+        (Level::RowLevel, false) => {
+            if s.distinct {
+                return Err(Error::refused(Rule::RawRows, "SELECT DISTINCT on protected rows lists individual values; use GROUP BY with COUNT(*)", Some(s.span)));
+            }
+            Level::RowLevel
+        }
+        (Level::Aggregated, true) => {
+            return Err(Error::refused(
+                Rule::Shape,
+                "aggregating the result of an aggregate is not supported on protected data; aggregate the table directly",
+                Some(s.span),
+            ));
+        }
+        (Level::Aggregated, false) => Level::Aggregated,
+    };
+    let infos = s.projection.iter().filter(|i| !i.sort_only).map(|i| {
+        if level == Level::Aggregated && s.aggregate {
+            ColInfo::free()
+        } else {
+            expr_info(&i.expr, &scope)
+        }
+    });
+    Ok((level, infos.collect()))
+}
+
+/// The span of the whole statement, for refusals after execution.
+pub(crate) fn whole(q: &Query) -> Span {
+    q.span
+}
+
+/// Whether the query's result is a single whole-table aggregate row (no GROUP BY at the top).
+pub(crate) fn is_whole_table_aggregate(q: &Query) -> bool {
+    match &q.body {
+        SetExpr::Select(s) => s.aggregate && s.group_by.is_empty(),
+        SetExpr::Query(inner) => is_whole_table_aggregate(inner),
+        SetExpr::Union { .. } => false,
+    }
+}

@@ -1,0 +1,247 @@
+//! The owner's policy: nothing leaves the kernel unless it releases it.
+//!
+//! [`Policy::run`] is the whole pipeline for one statement:
+//! bind → [`check`] (static role rules) → lower (with the people-counting
+//! evidence in the plan) → execute → [`release`] (k-threshold, differencing,
+//! row limit) → audit → [`Released`]. The kernel renders only `Released`,
+//! which only this crate can construct.
+
+pub mod audit;
+pub mod check;
+pub mod error;
+pub mod release;
+
+pub use error::{Error, Result, Rule};
+pub use release::{Notice, NoticeKind, Released};
+
+use audit::{AuditLog, Entry};
+use check::Level;
+use release::{ReleaseInput, Verdict};
+use safe_data_lang::engine::{CancelFlag, Value};
+use safe_data_lang::ir::{Field, FromItem, Query, SetExpr};
+use safe_data_lang::lower::{Mode, lower_query};
+use safe_data_lang::parse::{Parsed, Statement};
+use safe_data_lang::types::SqlType;
+use safe_data_lang::{Catalog, bind, engine};
+use sha2::{Digest, Sha256};
+use std::sync::Arc;
+
+/// Who is asking, for the audit log.
+#[derive(Debug, Clone)]
+pub struct Requester {
+    pub user: String,
+    pub session: String,
+}
+
+impl Requester {
+    /// `JUPYTERHUB_USER`, else the OS user.
+    pub fn from_env(session: impl Into<String>) -> Requester {
+        let user = std::env::var("JUPYTERHUB_USER")
+            .or_else(|_| std::env::var("USER"))
+            .or_else(|_| std::env::var("LOGNAME"))
+            .unwrap_or_else(|_| "unknown".into());
+        Requester { user, session: session.into() }
+    }
+}
+
+/// The policy engine: the catalog, the owner's limits and the audit log.
+#[derive(Debug)]
+pub struct Policy {
+    catalog: Arc<Catalog>,
+    audit: AuditLog,
+}
+
+impl Policy {
+    pub fn new(catalog: Arc<Catalog>) -> std::io::Result<Policy> {
+        let audit = AuditLog::open(&catalog.config.server.state_dir)?;
+        Ok(Policy { catalog, audit })
+    }
+
+    pub fn catalog(&self) -> &Catalog {
+        &self.catalog
+    }
+
+    pub fn audit_path(&self) -> &std::path::Path {
+        self.audit.path()
+    }
+
+    /// Runs one parsed statement through the whole pipeline. Spans in errors
+    /// are relative to the cell (the statement's offset is applied).
+    pub fn run(&self, parsed: &Parsed, who: &Requester, cancel: &CancelFlag) -> Result<Released> {
+        let mut plan_hash = None;
+        let outcome = self.evaluate(parsed, cancel, &mut plan_hash);
+        let (verdict, rule, rows) = match &outcome {
+            Ok(r) => (r.verdict(), None, r.rows().len()),
+            Err(e) => (Verdict::Refused, Some(e.rule().map(|r| r.to_string()).unwrap_or_else(|| e.kind().to_string())), 0),
+        };
+        let entry = Entry {
+            time: now_rfc3339(),
+            user: who.user.clone(),
+            session: who.session.clone(),
+            statement: parsed.text.clone(),
+            plan_hash,
+            verdict,
+            rule,
+            rows_released: rows,
+        };
+        // Fail closed: no audit line, no result.
+        self.audit.append(&entry).map_err(Error::Audit)?;
+        outcome.map_err(|e| e.shifted(parsed.offset))
+    }
+
+    fn evaluate(&self, parsed: &Parsed, cancel: &CancelFlag, plan_hash: &mut Option<String>) -> Result<Released> {
+        match &parsed.statement {
+            Statement::ShowTables => Ok(self.show_tables()),
+            Statement::Describe { table, span } => self.describe(table, *span),
+            Statement::Explain(q) => {
+                let query = bind::bind_query(&self.catalog, &parsed.text, q)?;
+                *plan_hash = Some(hash_plan(&query));
+                Ok(self.explain(&query))
+            }
+            Statement::Query(q) => {
+                let query = bind::bind_query(&self.catalog, &parsed.text, q)?;
+                *plan_hash = Some(hash_plan(&query));
+                let verdict = check::check(&query)?;
+                let mode = if verdict.level == Level::Public { Mode::Plain } else { Mode::Protected };
+                let lowered = lower_query(&query, mode)?;
+                if lowered.row_level_protected {
+                    return Err(Error::refused(Rule::RawRows, "individual rows of a protected table are never released", Some(query.span)));
+                }
+                let server = &self.catalog.config.server;
+                let df = engine::collect(lowered.frame, cancel, server.query_timeout)?;
+                release::release(
+                    &df,
+                    &ReleaseInput {
+                        level: verdict.level,
+                        output: &lowered.output,
+                        whole_table: check::is_whole_table_aggregate(&query),
+                        min_group_size: min_group_size(&query, &self.catalog),
+                        max_rows: server.max_rows,
+                        span: check::whole(&query),
+                    },
+                )
+            }
+        }
+    }
+
+    fn show_tables(&self) -> Released {
+        let columns = vec![field("table", SqlType::Text), field("kind", SqlType::Text), field("description", SqlType::Text)];
+        let rows = self
+            .catalog
+            .tables()
+            .iter()
+            .map(|t| {
+                let kind = if t.public { "public".to_string() } else { format!("protected (k = {})", t.min_group_size) };
+                vec![Value::Text(t.name.clone()), Value::Text(kind), t.description.clone().map(Value::Text).unwrap_or(Value::Null)]
+            })
+            .collect();
+        Released::catalog(columns, rows)
+    }
+
+    fn describe(&self, name: &str, span: safe_data_lang::span::Span) -> Result<Released> {
+        let table = self
+            .catalog
+            .table(name)
+            .ok_or_else(|| safe_data_lang::Error::UnknownTable { name: name.to_string(), span: Some(span) })?;
+        let columns = vec![
+            field("column", SqlType::Text),
+            field("type", SqlType::Text),
+            field("role", SqlType::Text),
+            field("aggregates", SqlType::Text),
+            field("bounds", SqlType::Text),
+            field("join_key", SqlType::Boolean),
+            field("description", SqlType::Text),
+        ];
+        let rows = table
+            .columns
+            .iter()
+            .map(|c| {
+                let role = if table.public { "public".to_string() } else { c.role.to_string() };
+                vec![
+                    Value::Text(c.name.clone()),
+                    Value::Text(c.ty.to_string()),
+                    Value::Text(role),
+                    Value::Text(safe_data_lang::services::allowed_aggregates(table, c).join(", ")),
+                    c.bounds.map(|(lo, hi)| Value::Text(format!("[{lo}, {hi}]"))).unwrap_or(Value::Null),
+                    Value::Boolean(table.join_keys.iter().any(|k| k.eq_ignore_ascii_case(&c.name))),
+                    c.description.clone().map(Value::Text).unwrap_or(Value::Null),
+                ]
+            })
+            .collect();
+        Ok(Released::catalog(columns, rows))
+    }
+
+    fn explain(&self, query: &Query) -> Released {
+        let verdict = match check::check(query) {
+            Ok(v) => match v.level {
+                Level::Public => "allowed: public data only, released as is (up to the row limit)".to_string(),
+                Level::Aggregated => format!(
+                    "allowed: aggregated; each row is released only if it rests on at least {} people and its filters removed none or at least that many",
+                    min_group_size(query, &self.catalog)
+                ),
+                Level::RowLevel => "refused".to_string(),
+            },
+            Err(e) => format!("refused ({}): {e}", e.rule().map(|r| r.to_string()).unwrap_or_default()),
+        };
+        let columns: Vec<String> = query.output().iter().map(|f| format!("{} {}", f.name, f.ty)).collect();
+        Released::explanation(format!(
+            "plan:    {query}\ncolumns: {}\npolicy:  {verdict}\n",
+            columns.join(", ")
+        ))
+    }
+}
+
+fn field(name: &str, ty: SqlType) -> Field {
+    Field { name: name.to_string(), ty }
+}
+
+/// The strictest k of the protected tables a query reads.
+fn min_group_size(query: &Query, catalog: &Catalog) -> u64 {
+    fn visit_query(q: &Query, k: &mut u64) {
+        visit_set(&q.body, k);
+    }
+    fn visit_set(s: &SetExpr, k: &mut u64) {
+        match s {
+            SetExpr::Select(s) => {
+                if let Some(f) = &s.from {
+                    visit_from(f, k);
+                }
+            }
+            SetExpr::Union { left, right, .. } => {
+                visit_set(left, k);
+                visit_set(right, k);
+            }
+            SetExpr::Query(q) => visit_query(q, k),
+        }
+    }
+    fn visit_from(f: &FromItem, k: &mut u64) {
+        match f {
+            FromItem::Table { table, .. } => {
+                if !table.public {
+                    *k = (*k).max(table.min_group_size);
+                }
+            }
+            FromItem::Derived { query, .. } => visit_query(query, k),
+            FromItem::Join { left, right, .. } => {
+                visit_from(left, k);
+                visit_from(right, k);
+            }
+        }
+    }
+    let mut k = 0;
+    visit_query(query, &mut k);
+    if k == 0 { catalog.config.min_group_size } else { k }
+}
+
+/// SHA-256 of the canonical SQL of the bound plan.
+pub fn hash_plan(query: &Query) -> String {
+    hex::encode(Sha256::digest(query.to_string().as_bytes()))
+}
+
+/// Current UTC time as RFC 3339 with microseconds.
+pub fn now_rfc3339() -> String {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let micros = now.as_micros() as i64;
+    let text = engine::format_timestamp(micros);
+    format!("{}.{:06}Z", text.replace(' ', "T"), micros.rem_euclid(1_000_000))
+}

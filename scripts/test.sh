@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Runs every test: Rust unit and integration tests, then the Python-driven
+# protocol, conformance and notebook tests against the built kernel.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/env.sh
+
+echo "== cargo test (workspace)"
+cargo build --workspace --bins
+cargo test --workspace --no-fail-fast
+
+echo "== python tests"
+export SAFE_DATA_BIN="$PWD/target/debug/safe-data"
+"$VENV/bin/python" -m pytest tests/python -q -p no:cacheprovider
