@@ -76,7 +76,13 @@ pub fn write_demo(dir: &Path, patients: usize) -> Result<(), String> {
     for i in 0..n {
         patient_id.push(100_000 + i as i64);
         name.push(format!("{} {}", FIRST[rng.usize(..FIRST.len())], LAST[rng.usize(..LAST.len())]));
-        let a = (normal(&mut rng, 52.0, 19.0).round()).clamp(0.0, 104.0);
+        // Ages 0..=104, drawn again when out of range (no pile-up at the ends).
+        let a = loop {
+            let a = normal(&mut rng, 52.0, 19.0).round();
+            if (0.0..=104.0).contains(&a) {
+                break a;
+            }
+        };
         age.push(a as i64);
         let female = rng.f64() < 0.49;
         sex.push(if female { "F" } else { "M" });

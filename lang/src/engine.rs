@@ -154,6 +154,8 @@ fn float(x: f64) -> Value {
 
 /// Shortest text that reads back as the same double, without exponent for common magnitudes.
 pub fn format_double(x: f64) -> String {
+    // -0.0 (e.g. a rounded tiny negative) reads as 0.0.
+    let x = if x == 0.0 { 0.0 } else { x };
     if x.is_infinite() {
         return if x > 0.0 { "Infinity".into() } else { "-Infinity".into() };
     }

@@ -146,7 +146,11 @@ pub fn allowed_aggregates(table: &Table, column: &Column) -> Vec<&'static str> {
         Role::Identifier => vec!["count (DISTINCT only)"],
         Role::Hidden => vec![],
         Role::Dimension | Role::Measure => {
-            let mut v = vec!["count", "sum", "avg", "stddev", "variance", "corr", "covar"];
+            let mut v = if column.ty.is_numeric() {
+                vec!["count", "sum", "avg", "stddev", "variance", "corr", "covar"]
+            } else {
+                vec!["count"]
+            };
             for a in &column.aggregates {
                 if !v.contains(&a.config_name()) {
                     v.push(a.config_name());

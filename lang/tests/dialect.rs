@@ -299,7 +299,7 @@ fn parse_cell_splits_statements_with_offsets() {
     }
 
     // An error in a later statement points into the cell, not the statement.
-    let cell = "SELECT 1;\nSELECT FROM WHERE";
+    let cell = "SELECT 1;\nSELEC name FROM people";
     let err = parse_cell(cell).unwrap_err();
     assert_eq!(err.kind(), "SyntaxError");
     let span = err.span().expect("a syntax error has a span");

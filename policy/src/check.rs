@@ -98,7 +98,7 @@ fn check_query(q: &Query) -> Result<(Level, Vec<ColInfo>)> {
     if level == Level::RowLevel && (q.limit.is_some() || q.offset.is_some()) {
         return Err(Error::refused(
             Rule::RawRows,
-            "LIMIT/OFFSET on individual rows is not a privacy protection; aggregate first, then limit the groups",
+            "this query returns individual rows of a protected table, and LIMIT/OFFSET does not make that private; aggregate first (GROUP BY), then limit the groups",
             Some(q.span),
         ));
     }

@@ -53,7 +53,7 @@ class SafeDataKernelTests(jupyter_kernel_test.KernelTests):
             # A public reference table: rows are released as they are.
             "code": "SELECT region, beds FROM regions ORDER BY region;",
             "result": (
-                "region    beds\n"
+                "region   beds\n"
                 "-------  ----\n"
                 "Central  9800\n"
                 "East     3100\n"
