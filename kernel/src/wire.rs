@@ -70,8 +70,10 @@ impl Signer {
     }
 }
 
-/// A decoded message.
+/// A decoded message. Every frame is validated; no handler reads the
+/// parent header, metadata or buffers of a request yet.
 #[derive(Debug, Clone)]
+#[allow(dead_code)]
 pub struct Message {
     pub identities: Vec<Bytes>,
     pub header: Value,
@@ -84,14 +86,6 @@ pub struct Message {
 impl Message {
     pub fn msg_type(&self) -> &str {
         self.header.get("msg_type").and_then(Value::as_str).unwrap_or("")
-    }
-
-    pub fn msg_id(&self) -> &str {
-        self.header.get("msg_id").and_then(Value::as_str).unwrap_or("")
-    }
-
-    pub fn session(&self) -> &str {
-        self.header.get("session").and_then(Value::as_str).unwrap_or("")
     }
 
     /// Decodes frames received on a ROUTER socket (identity frames first).

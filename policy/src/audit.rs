@@ -6,6 +6,8 @@
 //! hash) and `hash` = SHA-256(prev ‖ canonical JSON of the line without
 //! `hash`). Writers take an exclusive file lock, so several kernels can share
 //! one log. A line is written and synced before its result is released.
+//! `audit.head` holds the last line's `seq` and `hash`, so removing lines
+//! from the end of the log is detected too.
 
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -68,15 +70,28 @@ impl AuditLog {
             body.insert("seq".into(), Value::from(seq + 1));
             body.insert("prev".into(), Value::from(prev.clone()));
             let hash = line_hash(&prev, &body);
-            body.insert("hash".into(), Value::from(hash));
+            body.insert("hash".into(), Value::from(hash.clone()));
             let mut line = serde_json::to_vec(&body)?;
             line.push(b'\n');
             file.write_all(&line)?;
-            file.sync_data()
+            file.sync_data()?;
+            write_head(&self.path, seq + 1, &hash)
         })();
         let _ = file.unlock();
         result
     }
+}
+
+fn head_path(log: &Path) -> PathBuf {
+    log.with_extension("head")
+}
+
+/// Records the last line's link (temp file + rename, so it is never half written).
+fn write_head(log: &Path, seq: u64, hash: &str) -> std::io::Result<()> {
+    let head = head_path(log);
+    let tmp = head.with_extension("head.tmp");
+    std::fs::write(&tmp, serde_json::to_vec(&serde_json::json!({"seq": seq, "hash": hash}))?)?;
+    std::fs::rename(tmp, head)
 }
 
 /// The sequence number and hash of the last line (0 and the genesis hash for an empty log).
@@ -139,6 +154,18 @@ pub fn verify(path: &Path) -> std::io::Result<Result<usize, ChainBreak>> {
         prev = hash;
         expected_seq += 1;
         count += 1;
+    }
+    if let Ok(text) = std::fs::read_to_string(head_path(path)) {
+        let head: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+        let seq = head.get("seq").and_then(Value::as_u64).unwrap_or(0) as usize;
+        let hash = head.get("hash").and_then(Value::as_str).unwrap_or("");
+        if seq != count || (count > 0 && hash != prev) {
+            let line = count.min(seq) + 1;
+            return Ok(Err(ChainBreak {
+                line,
+                reason: format!("is missing: the log ends at line {count} but {seq} records were written (lines were removed from the end)"),
+            }));
+        }
     }
     Ok(Ok(count))
 }
@@ -212,7 +239,10 @@ mod tests {
             write(&log, &inserted);
             assert_eq!(verify(log.path()).unwrap().unwrap_err().line, i + 2, "insertion after line {}", i + 1);
         }
-        // Removing the last line cannot be seen from the file alone; the
-        // kernel keeps the count in its state (documented in ARCHITECTURE.md).
+        // Removing lines from the end is caught by audit.head.
+        let mut truncated = lines.clone();
+        truncated.pop();
+        write(&log, &truncated);
+        assert_eq!(verify(log.path()).unwrap().unwrap_err().line, lines.len(), "removal of the last line");
     }
 }
