@@ -110,7 +110,7 @@ impl Value {
             AnyValue::String(s) => Value::Text(s.to_string()),
             AnyValue::StringOwned(s) => Value::Text(s.to_string()),
             AnyValue::Date(d) => Value::Date(*d),
-            AnyValue::Datetime(t, unit, _) => Value::Timestamp(match unit {
+            AnyValue::Datetime(t, unit, _) | AnyValue::DatetimeOwned(t, unit, _) => Value::Timestamp(match unit {
                 polars::prelude::TimeUnit::Nanoseconds => *t / 1000,
                 polars::prelude::TimeUnit::Microseconds => *t,
                 polars::prelude::TimeUnit::Milliseconds => *t * 1000,

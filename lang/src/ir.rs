@@ -68,7 +68,8 @@ pub enum JoinKind {
 #[derive(Debug, Clone)]
 pub enum FromItem {
     Table { slot: usize, table: Arc<Table>, alias: String, span: Span },
-    Derived { slot: usize, query: Box<Query>, alias: String, cte: Option<String>, span: Span },
+    /// `columns` are the column aliases written where a CTE is used (`FROM t AS u(a, b)`).
+    Derived { slot: usize, query: Box<Query>, alias: String, cte: Option<String>, columns: Vec<String>, span: Span },
     /// An equi-join: `on` pairs a left-side and a right-side expression.
     Join { left: Box<FromItem>, right: Box<FromItem>, kind: JoinKind, on: Vec<(Expr, Expr)>, span: Span },
 }
@@ -412,7 +413,9 @@ impl FromItem {
 // Display: canonical SQL that binds back to the same IR.
 
 fn quote_ident(name: &str) -> String {
-    if crate::config::is_identifier(name) && !crate::services::is_keyword(name) {
+    let upper = name.to_ascii_uppercase();
+    let keyword = sqlparser::keywords::ALL_KEYWORDS.binary_search(&upper.as_str()).is_ok();
+    if crate::config::is_identifier(name) && !keyword {
         name.to_string()
     } else {
         format!("\"{}\"", name.replace('"', "\"\""))
@@ -595,13 +598,21 @@ impl fmt::Display for FromItem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             FromItem::Table { table, alias, .. } => write!(f, "{} AS {}", quote_ident(&table.name), quote_ident(alias)),
-            FromItem::Derived { query, alias, cte: Some(name), .. } => {
-                let _ = query;
-                write!(f, "{} AS {}", quote_ident(name), quote_ident(alias))
+            FromItem::Derived { alias, cte: Some(name), columns, .. } => {
+                write!(f, "{} AS {}", quote_ident(name), quote_ident(alias))?;
+                if !columns.is_empty() {
+                    let names: Vec<String> = columns.iter().map(|c| quote_ident(c)).collect();
+                    write!(f, "({})", names.join(", "))?;
+                }
+                Ok(())
             }
             FromItem::Derived { query, alias, cte: None, .. } => write!(f, "({query}) AS {}", quote_ident(alias)),
             FromItem::Join { left, right, kind, on, .. } => {
-                write!(f, "{left} {} {right} ON ", if *kind == JoinKind::Left { "LEFT JOIN" } else { "JOIN" })?;
+                let join = if *kind == JoinKind::Left { "LEFT JOIN" } else { "JOIN" };
+                match &**right {
+                    FromItem::Join { .. } => write!(f, "{left} {join} ({right}) ON ")?,
+                    _ => write!(f, "{left} {join} {right} ON ")?,
+                }
                 for (i, (l, r)) in on.iter().enumerate() {
                     if i > 0 {
                         f.write_str(" AND ")?;

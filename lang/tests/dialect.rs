@@ -312,6 +312,45 @@ fn parse_cell_splits_statements_with_offsets() {
     assert!(err.span().is_some_and(|s| s.start == 10), "{:?}", err.span());
 }
 
+/// A hidden column and a column that does not exist give the same error,
+/// wherever they appear: same kind, same text (but for the name), same place.
+#[test]
+fn hidden_column_is_indistinguishable_from_a_missing_one() {
+    let catalog = catalog();
+    let templates = [
+        "SELECT {c} FROM secret",
+        "SELECT s.{c} FROM secret s",
+        "SELECT grp FROM secret WHERE {c} = 'x'",
+        "SELECT count(*) FROM secret GROUP BY {c}",
+        "SELECT grp FROM secret ORDER BY {c}",
+        "SELECT count(DISTINCT {c}) FROM secret",
+        "SELECT grp FROM secret GROUP BY grp HAVING max({c}) = 'x'",
+        "SELECT count(*) FROM secret a JOIN secret b ON a.{c} = b.pid",
+        "SELECT count(*) FROM secret a JOIN secret b USING ({c})",
+        "SELECT t.{c} FROM (SELECT * FROM secret) t",
+        "WITH w AS (SELECT * FROM secret) SELECT {c} FROM w",
+        "SELECT lower({c}) FROM secret",
+        "SELECT CASE WHEN {c} IS NULL THEN 1 END FROM secret",
+    ];
+    let mut failures = Vec::new();
+    for t in templates {
+        let hidden = bind_sql(&catalog, &t.replace("{c}", "ssn")).err();
+        let missing = bind_sql(&catalog, &t.replace("{c}", "nosuch")).err();
+        let (Some(h), Some(m)) = (hidden, missing) else {
+            failures.push(format!("{t}: both must fail to bind"));
+            continue;
+        };
+        let same = h.kind() == m.kind()
+            && h.kind() == "NameError"
+            && h.to_string().replace("ssn", "{c}") == m.to_string().replace("nosuch", "{c}")
+            && h.span().map(|s| s.start) == m.span().map(|s| s.start);
+        if !same {
+            failures.push(format!("{t}:\n  hidden:  {}: {h} at {:?}\n  missing: {}: {m} at {:?}", h.kind(), h.span(), m.kind(), m.span()));
+        }
+    }
+    assert!(failures.is_empty(), "hidden and missing columns differ:\n{}", failures.join("\n"));
+}
+
 #[test]
 fn case_files_parse() {
     let cases = parse_cases(

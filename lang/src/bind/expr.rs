@@ -280,6 +280,9 @@ impl Binder<'_> {
                 }
             }
             for (index, (col, ty)) in leaf.columns.iter().enumerate() {
+                if table.is_none() && leaf.merged.contains(&index) {
+                    continue;
+                }
                 if col.eq_ignore_ascii_case(name) {
                     if found.is_some() {
                         return Err(Error::AmbiguousColumn { name: full, span: Some(span) });

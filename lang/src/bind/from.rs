@@ -84,6 +84,11 @@ impl Binder<'_> {
                         let l = self.expr(&ident, ExprCtx::new(&left_scope, Some("JOIN conditions"))).map_err(|e| at(e, span))?;
                         let r = self.expr(&ident, ExprCtx::new(&right_scope, Some("JOIN conditions"))).map_err(|e| at(e, span))?;
                         check_key_types(&l, &r, span)?;
+                        if let ExprKind::Column(c) = &r.kind {
+                            if let Some(leaf) = scope.leaves.iter_mut().find(|leaf| leaf.slot == c.slot) {
+                                leaf.merged.push(c.index);
+                            }
+                        }
                         pairs.push((l, r));
                     }
                     pairs
@@ -130,7 +135,7 @@ impl Binder<'_> {
                 // CTEs shadow catalog tables; the innermost wins.
                 if let Some((cte_name, cte)) = env.ctes.iter().rev().find(|(n, _)| n.eq_ignore_ascii_case(&table_name)) {
                     let query = rename_outputs(cte.clone(), &alias_cols, span)?;
-                    return Ok(self.push_derived(query, alias_name, Some(cte_name.clone()), span, slots, scope));
+                    return Ok(self.push_derived(query, alias_name, Some(cte_name.clone()), alias_cols, span, slots, scope));
                 }
                 let table = self.catalog.table(&table_name).ok_or_else(|| Error::UnknownTable { name: table_name.clone(), span: Some(span) })?;
                 if !alias_cols.is_empty() {
@@ -141,6 +146,7 @@ impl Binder<'_> {
                     slot,
                     alias: alias_name.clone(),
                     columns: table.columns.iter().map(|c| (c.name.clone(), c.ty)).collect(),
+                    merged: vec![],
                 });
                 Ok(FromItem::Table { slot, table: table.clone(), alias: alias_name, span })
             }
@@ -155,7 +161,7 @@ impl Binder<'_> {
                 let default = format!("subquery{}", slots.0 + 1);
                 let (alias_name, alias_cols) = self.alias(alias.as_ref(), &default, span)?;
                 let query = rename_outputs(query, &alias_cols, span)?;
-                Ok(self.push_derived(query, alias_name, None, span, slots, scope))
+                Ok(self.push_derived(query, alias_name, None, vec![], span, slots, scope))
             }
             ast::TableFactor::NestedJoin { table_with_joins, alias } => {
                 if alias.is_some() {
@@ -176,10 +182,16 @@ impl Binder<'_> {
         }
     }
 
-    fn push_derived(&self, query: Query, alias: String, cte: Option<String>, span: Span, slots: &mut Slots, scope: &mut Scope) -> FromItem {
+    #[allow(clippy::too_many_arguments)]
+    fn push_derived(&self, query: Query, alias: String, cte: Option<String>, columns: Vec<String>, span: Span, slots: &mut Slots, scope: &mut Scope) -> FromItem {
         let slot = slots.next();
-        scope.leaves.push(ScopeLeaf { slot, alias: alias.clone(), columns: query.output().into_iter().map(|f| (f.name, f.ty)).collect() });
-        FromItem::Derived { slot, query: Box::new(query), alias, cte, span }
+        scope.leaves.push(ScopeLeaf {
+            slot,
+            alias: alias.clone(),
+            columns: query.output().into_iter().map(|f| (f.name, f.ty)).collect(),
+            merged: vec![],
+        });
+        FromItem::Derived { slot, query: Box::new(query), alias, cte, columns, span }
     }
 
     fn alias(&self, alias: Option<&ast::TableAlias>, default: &str, span: Span) -> Result<(String, Vec<String>)> {

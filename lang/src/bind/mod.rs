@@ -82,6 +82,9 @@ pub(crate) struct ScopeLeaf {
     pub slot: usize,
     pub alias: String,
     pub columns: Vec<(String, SqlType)>,
+    /// Columns merged into the left side by `JOIN ... USING`: reachable
+    /// only qualified, and not part of `*`.
+    pub merged: Vec<usize>,
 }
 
 /// The relations a SELECT block's expressions can reference.

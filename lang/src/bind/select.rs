@@ -116,6 +116,9 @@ impl Binder<'_> {
                         }
                         any = true;
                         for (index, (name, ty)) in leaf.columns.iter().enumerate() {
+                            if qualifier.is_none() && leaf.merged.contains(&index) {
+                                continue;
+                            }
                             out.push(SelectItem {
                                 expr: Expr {
                                     kind: ExprKind::Column(crate::ir::ColumnRef {

@@ -29,7 +29,7 @@ pub(crate) fn lower(e: &Expr, resolve: &dyn Fn(&Expr) -> Option<PExpr>) -> Resul
     Ok(match &e.kind {
         ExprKind::Column(c) => col(leaf_column(c.slot, c.index)),
         ExprKind::Literal(l) => literal(l, e.ty),
-        ExprKind::Unary { op: UnaryOp::Not, expr } => go(expr)?.not(),
+        ExprKind::Unary { op: UnaryOp::Not, expr } => typed(go(expr)?, expr.ty, SqlType::Boolean).not(),
         ExprKind::Unary { op: UnaryOp::Neg, expr } => lit(0i64).cast(e.ty.to_polars()) - go(expr)?.cast(e.ty.to_polars()),
         ExprKind::Binary { op, left, right } => binary(*op, go(left)?, left.ty, go(right)?, right.ty, e.ty),
         ExprKind::Scalar { func, args } => scalar(*func, args, e.ty, resolve)?,
@@ -41,11 +41,13 @@ pub(crate) fn lower(e: &Expr, resolve: &dyn Fn(&Expr) -> Option<PExpr>) -> Resul
             let mut iter = whens.iter();
             let (c0, r0) = iter.next().ok_or_else(|| Error::Engine("internal error: empty CASE".into()))?;
             let otherwise = match otherwise {
-                Some(o) => go(o)?.cast(ty.clone()),
+                Some(o) => convert(go(o)?, o.ty, e.ty),
                 None => null_of(e.ty),
             };
-            let first = pl::when(go(c0)?).then(go(r0)?.cast(ty.clone()));
-            let rest: Vec<(PExpr, PExpr)> = iter.map(|(c, r)| Ok((go(c)?, go(r)?.cast(ty.clone())))).collect::<Result<_>>()?;
+            let cond = |c: &Expr| -> Result<PExpr> { Ok(typed(go(c)?, c.ty, SqlType::Boolean)) };
+            let _ = &ty;
+            let first = pl::when(cond(c0)?).then(convert(go(r0)?, r0.ty, e.ty));
+            let rest: Vec<(PExpr, PExpr)> = iter.map(|(c, r)| Ok((cond(c)?, convert(go(r)?, r.ty, e.ty)))).collect::<Result<_>>()?;
             if rest.is_empty() {
                 first.otherwise(otherwise)
             } else {
@@ -82,7 +84,7 @@ pub(crate) fn lower(e: &Expr, resolve: &dyn Fn(&Expr) -> Option<PExpr>) -> Resul
         }
         ExprKind::Like { expr, pattern, negated, case_insensitive } => {
             let regex = like_to_regex(pattern, *case_insensitive);
-            let m = go(expr)?.str().contains(lit(regex), true);
+            let m = typed(go(expr)?, expr.ty, SqlType::Text).str().contains(lit(regex), true);
             if *negated { m.not() } else { m }
         }
         ExprKind::IsNull { expr, negated } => {
@@ -90,6 +92,11 @@ pub(crate) fn lower(e: &Expr, resolve: &dyn Fn(&Expr) -> Option<PExpr>) -> Resul
             if *negated { v.is_not_null() } else { v.is_null() }
         }
     })
+}
+
+/// Gives an untyped NULL the type an operation expects.
+pub(crate) fn typed(e: PExpr, from: SqlType, to: SqlType) -> PExpr {
+    if from == SqlType::Null { e.cast(to.to_polars()) } else { e }
 }
 
 fn literal(l: &Literal, ty: SqlType) -> PExpr {
@@ -103,9 +110,14 @@ fn literal(l: &Literal, ty: SqlType) -> PExpr {
     }
 }
 
+/// Converts a value of type `from` to `to` (the SQL way, never failing).
+pub(crate) fn convert(e: PExpr, from: SqlType, to: SqlType) -> PExpr {
+    comparable(e, from, to)
+}
+
 /// Brings a value to the common type it is compared in.
 fn comparable(e: PExpr, from: SqlType, to: SqlType) -> PExpr {
-    if from == to || from == SqlType::Null { e } else { cast(e, from, to) }
+    if from == to { e } else if from == SqlType::Null { e.cast(to.to_polars()) } else { cast(e, from, to) }
 }
 
 fn cast(e: PExpr, from: SqlType, to: SqlType) -> PExpr {
@@ -115,21 +127,51 @@ fn cast(e: PExpr, from: SqlType, to: SqlType) -> PExpr {
             e.str().strip_chars(lit(pl::Null {})).cast(DataType::Float64).cast(to.to_polars())
         }
         (SqlType::Double, SqlType::Integer) => e.round(0, RoundMode::HalfAwayFromZero).cast(DataType::Int64),
+        (SqlType::Text, SqlType::Boolean) => {
+            let s = e.str().strip_chars(lit(pl::Null {})).str().to_lowercase();
+            let is = |words: &[&str]| words.iter().fold(lit(false), |acc, w| acc.or(s.clone().eq(lit(*w))));
+            pl::when(is(&["true", "t", "yes", "y", "1", "on"]))
+                .then(lit(true))
+                .when(is(&["false", "f", "no", "n", "0", "off"]))
+                .then(lit(false))
+                .otherwise(null_of(SqlType::Boolean))
+        }
+        (SqlType::Text, SqlType::Date) => e.str().to_date(date_format("%Y-%m-%d")),
+        (SqlType::Text, SqlType::Timestamp) => {
+            let t = e.str().strip_chars(lit(pl::Null {}));
+            pl::coalesce(&[
+                t.clone().str().to_datetime(Some(pl::TimeUnit::Microseconds), None, date_format("%Y-%m-%d %H:%M:%S"), lit("raise")),
+                t.str().to_date(date_format("%Y-%m-%d")).cast(to.to_polars()),
+            ])
+        }
         _ => e.cast(to.to_polars()),
     }
+}
+
+/// Non-strict parsing with an explicit format: unparsable text becomes NULL.
+fn date_format(format: &str) -> pl::StrptimeOptions {
+    pl::StrptimeOptions { format: Some(format.into()), strict: false, exact: true, cache: true }
 }
 
 fn binary(op: BinaryOp, l: PExpr, lt: SqlType, r: PExpr, rt: SqlType, out: SqlType) -> PExpr {
     use BinaryOp::*;
     match op {
-        Add | Sub | Mul | Mod => {
+        Mod => {
+            // SQL's remainder truncates toward zero (polars' % floors).
+            let t = out.to_polars();
+            let q = l.clone().cast(DataType::Float64) / r.clone().cast(DataType::Float64);
+            let truncated = pl::when(q.clone().gt_eq(lit(0.0))).then(q.clone().floor()).otherwise(q.ceil());
+            let rem = l.cast(DataType::Float64) - r.cast(DataType::Float64) * truncated;
+            // x % 0 is NULL (the float division gives NaN there).
+            pl::when(rem.clone().is_nan()).then(null_of(out)).otherwise(rem).cast(t)
+        }
+        Add | Sub | Mul => {
             let t = out.to_polars();
             let (l, r) = (l.cast(t.clone()), r.cast(t));
             match op {
                 Add => l + r,
                 Sub => l - r,
-                Mul => l * r,
-                _ => l % r,
+                _ => l * r,
             }
         }
         Div => l.cast(DataType::Float64) / r.cast(DataType::Float64),
@@ -145,15 +187,23 @@ fn binary(op: BinaryOp, l: PExpr, lt: SqlType, r: PExpr, rt: SqlType, out: SqlTy
                 _ => l.gt_eq(r),
             }
         }
-        And => l.and(r),
-        Or => l.or(r),
+        And => typed(l, lt, SqlType::Boolean).and(typed(r, rt, SqlType::Boolean)),
+        Or => typed(l, lt, SqlType::Boolean).or(typed(r, rt, SqlType::Boolean)),
         Concat => pl::concat_str([l.cast(DataType::String), r.cast(DataType::String)], "", false),
     }
 }
 
 fn scalar(func: ScalarFunc, args: &[Expr], ty: SqlType, resolve: &dyn Fn(&Expr) -> Option<PExpr>) -> Result<PExpr> {
     use ScalarFunc::*;
-    let a = |i: usize| lower(&args[i], resolve);
+    // Untyped NULL arguments get the type the function expects.
+    let a = |i: usize| -> Result<PExpr> {
+        let x = lower(&args[i], resolve)?;
+        Ok(match func {
+            Lower | Upper | Length | Substr | Trim | Ltrim | Rtrim if i == 0 => typed(x, args[i].ty, SqlType::Text),
+            Year | Month | Day | DateTrunc | DatePart if i == args.len() - 1 => typed(x, args[i].ty, SqlType::Date),
+            _ => x,
+        })
+    };
     let f64_of = |i: usize| -> Result<PExpr> { Ok(a(i)?.cast(DataType::Float64)) };
     let text_arg = |i: usize| match &args[i].kind {
         ExprKind::Literal(Literal::Text(s)) => s.clone(),
@@ -191,6 +241,7 @@ fn scalar(func: ScalarFunc, args: &[Expr], ty: SqlType, resolve: &dyn Fn(&Expr) 
             };
             f64_of(0)?.round(digits, RoundMode::HalfAwayFromZero)
         }
+        Floor | Ceil | Abs if args[0].ty == SqlType::Null => null_of(SqlType::Double),
         Floor | Ceil if args[0].ty == SqlType::Integer => a(0)?,
         Floor => f64_of(0)?.floor(),
         Ceil => f64_of(0)?.ceil(),
@@ -207,7 +258,8 @@ fn scalar(func: ScalarFunc, args: &[Expr], ty: SqlType, resolve: &dyn Fn(&Expr) 
         Power => f64_of(0)?.pow(f64_of(1)?),
         Coalesce => {
             let t = ty.to_polars();
-            let parts = args.iter().map(|x| Ok(lower(x, resolve)?.cast(t.clone()))).collect::<Result<Vec<_>>>()?;
+            let _ = t;
+            let parts = args.iter().map(|x| Ok(convert(lower(x, resolve)?, x.ty, ty))).collect::<Result<Vec<_>>>()?;
             pl::coalesce(&parts)
         }
         Nullif => {
@@ -261,10 +313,18 @@ fn scalar(func: ScalarFunc, args: &[Expr], ty: SqlType, resolve: &dyn Fn(&Expr) 
 }
 
 /// Lowers an aggregate call over rows where `keep` holds (all rows if `None`).
-pub(crate) fn aggregate(func: AggFunc, args: &[Expr], distinct: bool, ty: SqlType, keep: Option<&PExpr>) -> Result<PExpr> {
+/// `anchor` is any column of the input: constant arguments (`COUNT(1)`) are
+/// spread over its rows so the aggregate sees one value per row.
+pub(crate) fn aggregate(func: AggFunc, args: &[Expr], distinct: bool, ty: SqlType, keep: Option<&PExpr>, anchor: &PExpr) -> Result<PExpr> {
     let none = |_: &Expr| None;
+    let per_row = |e: &Expr| -> Result<PExpr> {
+        let x = lower(e, &none)?;
+        let mut has_column = false;
+        e.walk(&mut |n| has_column |= matches!(n.kind, ExprKind::Column(_)));
+        Ok(if has_column { x } else { pl::when(anchor.clone().is_null()).then(x.clone()).otherwise(x) })
+    };
     let arg = |i: usize| -> Result<PExpr> {
-        let x = lower(&args[i], &none)?;
+        let x = per_row(&args[i])?;
         Ok(match keep {
             Some(k) => x.filter(k.clone()),
             None => x,
@@ -297,8 +357,8 @@ pub(crate) fn aggregate(func: AggFunc, args: &[Expr], distinct: bool, ty: SqlTyp
         }
         AggFunc::Corr | AggFunc::CovarSamp => {
             // Pairwise-complete rows only, like SQL engines.
-            let y = lower(&args[0], &none)?.cast(DataType::Float64);
-            let x = lower(&args[1], &none)?.cast(DataType::Float64);
+            let y = per_row(&args[0])?.cast(DataType::Float64);
+            let x = per_row(&args[1])?.cast(DataType::Float64);
             let mut both = y.clone().is_not_null().and(x.clone().is_not_null());
             if let Some(k) = keep {
                 both = both.and(k.clone());

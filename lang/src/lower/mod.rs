@@ -152,11 +152,12 @@ impl Lowerer {
                 let keep = l.keep || r.keep;
                 let units: Vec<(String, u64)> =
                     l.units.iter().zip(&r.units).enumerate().map(|(i, (a, b))| (format!("__u{i}"), a.1.max(b.1))).collect();
-                let shape = |rel: Rel| -> LazyFrame {
+                let shape = |rel: Rel, side: Vec<Field>| -> LazyFrame {
                     let mut cols: Vec<PExpr> = output
                         .iter()
+                        .zip(side)
                         .enumerate()
-                        .map(|(i, f)| col(output_column(i)).cast(f.ty.to_polars()).alias(output_column(i)))
+                        .map(|(i, (f, s))| expr::convert(col(output_column(i)), s.ty, f.ty).cast(f.ty.to_polars()).alias(output_column(i)))
                         .collect();
                     cols.extend(rel.units.iter().enumerate().map(|(i, (u, _))| col(u.as_str()).alias(format!("__u{i}"))));
                     if keep {
@@ -169,7 +170,7 @@ impl Lowerer {
                     rel.lf.select(cols)
                 };
                 let released = l.released;
-                let (lf, rf) = (shape(l), shape(r));
+                let (lf, rf) = (shape(l, left.output()), shape(r, right.output()));
                 let args = pl::UnionArgs { to_supertypes: true, maintain_order: true, ..Default::default() };
                 let mut lf = pl::concat([lf, rf], args).map_err(engine)?;
                 if !*all {
@@ -196,7 +197,7 @@ impl Lowerer {
         }
         let protected_rows = !rel.units.is_empty();
         if let Some(filter) = &s.filter {
-            let pred = expr::lower(filter, &|_| None)?;
+            let pred = expr::typed(expr::lower(filter, &|_| None)?, filter.ty, SqlType::Boolean);
             if protected_rows {
                 let pred = pl::coalesce(&[pred, lit(false)]);
                 let flag = if rel.keep { col(KEEP).and(pred) } else { pred };
@@ -206,7 +207,12 @@ impl Lowerer {
                 rel.lf = rel.lf.filter(pred);
             }
         }
-        if s.aggregate { self.aggregate(s, rel) } else { self.project(s, rel) }
+        if s.aggregate {
+            let anchor = anchor_column(s, &rel);
+            self.aggregate(s, rel, &anchor)
+        } else {
+            self.project(s, rel)
+        }
     }
 
     /// A row-level SELECT: projection, carrying the internal columns.
@@ -227,7 +233,7 @@ impl Lowerer {
     }
 
     /// An aggregating SELECT.
-    fn aggregate(&self, s: &Select, rel: Rel) -> Result<Rel> {
+    fn aggregate(&self, s: &Select, rel: Rel, anchor: &PExpr) -> Result<Rel> {
         let keep = rel.keep.then(|| col(KEEP));
         // Distinct aggregate calls of the block, in order of appearance.
         let mut calls: Vec<&Expr> = Vec::new();
@@ -243,7 +249,7 @@ impl Lowerer {
         let mut aggs = Vec::new();
         for (i, call) in calls.iter().enumerate() {
             let ExprKind::Aggregate { func, args, distinct } = &call.kind else { unreachable!() };
-            aggs.push(expr::aggregate(*func, args, *distinct, call.ty, keep.as_ref())?.alias(format!("a#{i}")));
+            aggs.push(expr::aggregate(*func, args, *distinct, call.ty, keep.as_ref(), anchor)?.alias(format!("a#{i}")));
         }
         let protected = !rel.units.is_empty();
         if protected {
@@ -291,7 +297,7 @@ impl Lowerer {
             None
         };
         if let Some(h) = &s.having {
-            lf = lf.filter(pl::coalesce(&[expr::lower(h, &resolve)?, lit(false)]));
+            lf = lf.filter(pl::coalesce(&[expr::typed(expr::lower(h, &resolve)?, h.ty, SqlType::Boolean), lit(false)]));
         }
         let mut cols = Vec::new();
         for (i, item) in s.projection.iter().enumerate() {
@@ -383,6 +389,24 @@ impl Lowerer {
             units.push((name, table.min_group_size));
         }
         Ok(Rel { lf: table.scan()?.select(cols), units, keep: false, released: false })
+    }
+}
+
+/// A column every input row has, to give constants one value per row.
+fn anchor_column(s: &Select, rel: &Rel) -> PExpr {
+    let leaf = s.from.as_ref().and_then(|f| {
+        f.leaves().into_iter().find_map(|leaf| match leaf {
+            FromItem::Table { slot, table, .. } if !table.columns.is_empty() => Some(leaf_column(*slot, 0)),
+            FromItem::Derived { slot, query, .. } if !query.output().is_empty() => Some(leaf_column(*slot, 0)),
+            _ => None,
+        })
+    });
+    match (leaf, rel.units.first(), &s.from) {
+        (Some(c), _, _) => col(c),
+        (None, Some((u, _)), _) => col(u.as_str()),
+        (None, None, None) => col("__one"),
+        // A source without visible columns: count its rows through a constant frame length.
+        (None, None, Some(_)) => pl::len(),
     }
 }
 
