@@ -53,6 +53,8 @@ struct Shared {
     counter: Mutex<Counter>,
     max_message_bytes: usize,
     shutdown: tokio::sync::watch::Sender<bool>,
+    /// Number of execute requests received so far (a job's `seq` is its rank).
+    received: std::sync::atomic::AtomicU64,
 }
 
 struct Counter {
@@ -83,6 +85,8 @@ impl Shared {
 struct Job {
     msg: Message,
     reply: mpsc::UnboundedSender<Frames>,
+    /// Rank among received execute requests.
+    seq: u64,
 }
 
 fn connection_info(path: &std::path::Path) -> Result<jupyter_protocol::ConnectionInfo, KernelError> {
@@ -132,6 +136,7 @@ pub async fn run(connection_file: &std::path::Path, catalog: Arc<Catalog>) -> Re
         counter: Mutex::new(Counter { execution_count: 0, history }),
         max_message_bytes,
         shutdown: shutdown_tx,
+        received: std::sync::atomic::AtomicU64::new(0),
     });
 
     let mut shell = RouterSocket::new();
@@ -278,7 +283,8 @@ async fn router_loop(socket: RouterSocket, shared: Arc<Shared>, channel: Channel
         if msg.msg_type() == "execute_request" {
             match (&jobs, channel) {
                 (Some(jobs), Channel::Shell) => {
-                    if jobs.send(Job { msg, reply: out_tx.clone() }).is_err() {
+                    let seq = shared.received.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+                    if jobs.send(Job { msg, reply: out_tx.clone(), seq }).is_err() {
                         tracing::error!("the evaluation thread is gone");
                     }
                 }
@@ -453,17 +459,39 @@ fn traceback(ename: &str, evalue: &str, cell: &str, span: Option<safe_data_lang:
     lines
 }
 
+/// How long after a failed execution the kernel waits for requests the
+/// client sent before it saw the error (they are still on the wire).
+const IN_FLIGHT_GRACE: std::time::Duration = std::time::Duration::from_millis(30);
+
 fn evaluation_loop(shared: Arc<Shared>, jobs: std_mpsc::Receiver<Job>) {
-    while let Ok(job) = jobs.recv() {
+    let mut pending: std::collections::VecDeque<Job> = std::collections::VecDeque::new();
+    loop {
+        let job = match pending.pop_front() {
+            Some(j) => j,
+            None => match jobs.recv() {
+                Ok(j) => j,
+                Err(_) => return,
+            },
+        };
         let failed = execute(&shared, &job);
         let stop_on_error = job.msg.content.get("stop_on_error").and_then(Value::as_bool).unwrap_or(true);
         if failed && stop_on_error {
-            // Abort the executions queued behind the failed one.
-            while let Ok(queued) = jobs.try_recv() {
-                shared.status(&queued.msg.header, "busy");
+            // Abort what was sent before the error: everything received by
+            // now (plus a short grace for requests still in flight), but not
+            // what arrives after the aborts, which the client sent knowingly.
+            std::thread::sleep(IN_FLIGHT_GRACE);
+            let cutoff = shared.received.load(std::sync::atomic::Ordering::SeqCst);
+            let mut queued: Vec<Job> = pending.drain(..).collect();
+            queued.extend(jobs.try_iter());
+            for q in queued {
+                if q.seq > cutoff {
+                    pending.push_back(q);
+                    continue;
+                }
+                shared.status(&q.msg.header, "busy");
                 let count = shared.counter.lock().map(|c| c.execution_count).unwrap_or(0);
-                shared.reply(&queued.msg, &queued.reply, "execute_reply", json!({"status": "aborted", "execution_count": count, "payload": [], "user_expressions": {}}));
-                shared.status(&queued.msg.header, "idle");
+                shared.reply(&q.msg, &q.reply, "execute_reply", json!({"status": "aborted", "execution_count": count, "payload": [], "user_expressions": {}}));
+                shared.status(&q.msg.header, "idle");
             }
         }
     }

@@ -5,8 +5,9 @@ Before any test is collected (jupyter_kernel_test starts its kernel in
 
 1. finds the kernel binary: ``$SAFE_DATA_BIN``, else ``target/debug/safe-data``;
 2. writes the demo hospital (``safe-data demo tests/.work/demo``) unless it is
-   already there, and empties its state folder (history, audit log) so every
-   run starts from the same state;
+   already there. Its state folder (history, audit log) is kept: several runs
+   may share it at once (two developers, or CI and a developer), and no test
+   depends on an empty history;
 3. installs the kernelspec ``safe-data-test`` into this Python environment
    (``--prefix sys.prefix``), where jupyter_client and nbclient look for it.
 """
@@ -60,10 +61,19 @@ def pytest_configure(config: pytest.Config) -> None:
         )
     WORK.mkdir(parents=True, exist_ok=True)
     if not CONFIG.is_file():
-        _run([str(exe), "demo", str(DEMO)], DEMO_TIMEOUT_S)
-    # A fresh state (history, audit log) for every run keeps the tests
-    # independent of earlier runs. The config's state_dir is "state".
-    shutil.rmtree(DEMO / "state", ignore_errors=True)
+        # Written aside and renamed, so a run started meanwhile never sees a
+        # half-written demo.
+        scratch = WORK / f"demo.tmp-{os.getpid()}"
+        shutil.rmtree(scratch, ignore_errors=True)
+        try:
+            _run([str(exe), "demo", str(scratch)], DEMO_TIMEOUT_S)
+            try:
+                scratch.rename(DEMO)
+            except OSError:
+                if not CONFIG.is_file():  # not another run's demo: a real failure
+                    raise
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
     _run(
         [
             str(exe),

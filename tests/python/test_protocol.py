@@ -343,7 +343,17 @@ def test_stop_on_error_aborts_queued_executions(kernel):
     for i in ids[1:]:
         msgs = iopub_until_idle(kc, i)
         assert [m["msg_type"] for m in msgs] == ["status", "status"]
-    # The queue is empty again: the next execution runs.
+
+
+def test_execution_sent_after_the_aborts_runs(kernel):
+    """Only what was queued when the execution failed is aborted: a request
+    sent after the client has seen every aborted reply and its idle runs."""
+    _, kc = kernel
+    slow_id, ids = _queue_behind_slow(kc, [FAILING, "SELECT 1;", "SELECT 2;"], stop_on_error=True)
+    shell_reply(kc, slow_id, timeout=120)
+    assert [shell_reply(kc, i)["content"]["status"] for i in ids] == ["error", "aborted", "aborted"]
+    for i in ids:
+        iopub_until_idle(kc, i)
     reply, _ = execute(kc, "SELECT 3;")
     assert reply["content"]["status"] == "ok"
 
