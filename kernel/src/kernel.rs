@@ -464,35 +464,24 @@ fn traceback(ename: &str, evalue: &str, cell: &str, span: Option<safe_data_lang:
 const IN_FLIGHT_GRACE: std::time::Duration = std::time::Duration::from_millis(30);
 
 fn evaluation_loop(shared: Arc<Shared>, jobs: std_mpsc::Receiver<Job>) {
-    let mut pending: std::collections::VecDeque<Job> = std::collections::VecDeque::new();
-    loop {
-        let job = match pending.pop_front() {
-            Some(j) => j,
-            None => match jobs.recv() {
-                Ok(j) => j,
-                Err(_) => return,
-            },
-        };
+    // Executions with a rank up to this were sent before an error the
+    // client had not seen yet: they are answered `aborted`.
+    let mut abort_up_to = 0;
+    while let Ok(job) = jobs.recv() {
+        if job.seq <= abort_up_to {
+            shared.status(&job.msg.header, "busy");
+            let count = shared.counter.lock().map(|c| c.execution_count).unwrap_or(0);
+            shared.reply(&job.msg, &job.reply, "execute_reply", json!({"status": "aborted", "execution_count": count, "payload": [], "user_expressions": {}}));
+            shared.status(&job.msg.header, "idle");
+            continue;
+        }
         let failed = execute(&shared, &job);
         let stop_on_error = job.msg.content.get("stop_on_error").and_then(Value::as_bool).unwrap_or(true);
         if failed && stop_on_error {
-            // Abort what was sent before the error: everything received by
-            // now (plus a short grace for requests still in flight), but not
-            // what arrives after the aborts, which the client sent knowingly.
+            // Everything received by now (plus a short grace for requests
+            // still on the wire) was sent before the client saw the error.
             std::thread::sleep(IN_FLIGHT_GRACE);
-            let cutoff = shared.received.load(std::sync::atomic::Ordering::SeqCst);
-            let mut queued: Vec<Job> = pending.drain(..).collect();
-            queued.extend(jobs.try_iter());
-            for q in queued {
-                if q.seq > cutoff {
-                    pending.push_back(q);
-                    continue;
-                }
-                shared.status(&q.msg.header, "busy");
-                let count = shared.counter.lock().map(|c| c.execution_count).unwrap_or(0);
-                shared.reply(&q.msg, &q.reply, "execute_reply", json!({"status": "aborted", "execution_count": count, "payload": [], "user_expressions": {}}));
-                shared.status(&q.msg.header, "idle");
-            }
+            abort_up_to = shared.received.load(std::sync::atomic::Ordering::SeqCst);
         }
     }
 }
