@@ -70,8 +70,14 @@ pub fn split_statements(cell: &str) -> Result<Vec<(usize, usize)>> {
     Ok(pieces)
 }
 
+/// The longest cell accepted; longer input is refused before tokenizing.
+pub const MAX_CELL_BYTES: usize = 256 * 1024;
+
 /// Parses every statement of a cell.
 pub fn parse_cell(cell: &str) -> Result<Vec<Parsed>> {
+    if cell.len() > MAX_CELL_BYTES {
+        return Err(Error::invalid(format!("the cell is longer than {} KiB; split it up", MAX_CELL_BYTES / 1024), None));
+    }
     split_statements(cell)?
         .into_iter()
         .map(|(start, end)| {

@@ -26,28 +26,37 @@ impl Span {
 }
 
 /// Maps sqlparser's 1-based (line, column-in-chars) locations to byte offsets.
-pub(crate) struct LineIndex<'a> {
-    text: &'a str,
+/// Constant time per lookup (a long one-line statement has many tokens).
+pub(crate) struct LineIndex {
+    /// Byte offset of every character, plus the text's length at the end.
+    char_starts: Vec<usize>,
+    /// Index into `char_starts` of the first character of each line.
     line_starts: Vec<usize>,
 }
 
-impl<'a> LineIndex<'a> {
-    pub fn new(text: &'a str) -> Self {
+impl LineIndex {
+    pub fn new(text: &str) -> Self {
+        let mut char_starts = Vec::with_capacity(text.len() + 1);
         let mut line_starts = vec![0];
-        line_starts.extend(text.match_indices('\n').map(|(i, _)| i + 1));
-        LineIndex { text, line_starts }
+        for (i, (byte, c)) in text.char_indices().enumerate() {
+            char_starts.push(byte);
+            if c == '\n' {
+                line_starts.push(i + 1);
+            }
+        }
+        char_starts.push(text.len());
+        LineIndex { char_starts, line_starts }
     }
 
-    /// Byte offset of a 1-based line and 1-based character column, clamped to the text.
+    /// Byte offset of a 1-based line and 1-based character column, clamped to the line.
     pub fn offset(&self, line: u64, column: u64) -> Option<usize> {
         if line == 0 {
             return None;
         }
-        let start = *self.line_starts.get(line as usize - 1)?;
-        let rest = &self.text[start..];
-        let col = column.saturating_sub(1) as usize;
-        let within = rest.char_indices().nth(col).map(|(i, _)| i).unwrap_or(rest.len());
-        Some(start + within)
+        let first = *self.line_starts.get(line as usize - 1)?;
+        let next_line = self.line_starts.get(line as usize).copied().unwrap_or(self.char_starts.len() - 1);
+        let index = (first + column.saturating_sub(1) as usize).min(next_line);
+        self.char_starts.get(index).copied()
     }
 
     /// Converts a sqlparser span (end inclusive of its last character, as

@@ -226,12 +226,23 @@ fn expr_info(e: &Expr, scope: &Scope) -> ColInfo {
     }
 }
 
-/// Whether an expression is plain arithmetic of columns and numeric literals.
+/// Whether an expression is *linear* arithmetic of columns: sums and
+/// differences of columns, scaled by constants. A product of columns is not
+/// allowed: a polynomial such as `x * (age - 1) * (age - 2) ...` acts as a
+/// hidden condition that singles out one value.
 fn is_arithmetic(e: &Expr) -> bool {
+    let constant = |x: &Expr| {
+        let mut has_column = false;
+        x.walk(&mut |n| has_column |= matches!(n.kind, ExprKind::Column(_)));
+        !has_column && is_arithmetic(x)
+    };
     match &e.kind {
         ExprKind::Column(_) => true,
         ExprKind::Literal(Literal::Integer(_) | Literal::Double(_)) => true,
-        ExprKind::Binary { op: BinaryOp::Add | BinaryOp::Sub | BinaryOp::Mul, left, right } => is_arithmetic(left) && is_arithmetic(right),
+        ExprKind::Binary { op: BinaryOp::Add | BinaryOp::Sub, left, right } => is_arithmetic(left) && is_arithmetic(right),
+        ExprKind::Binary { op: BinaryOp::Mul, left, right } => {
+            is_arithmetic(left) && is_arithmetic(right) && (constant(left) || constant(right))
+        }
         // Division only by a non-zero constant: division by a column is unbounded.
         ExprKind::Binary { op: BinaryOp::Div, left, right } => {
             is_arithmetic(left) && matches!(right.kind, ExprKind::Literal(Literal::Integer(d)) if d != 0)
@@ -286,7 +297,7 @@ fn check_aggregate(e: &Expr, scope: &Scope) -> Result<()> {
             return Err(Error::refused(
                 Rule::ConditionalAggregate,
                 format!(
-                    "inside {} on protected data, use a column or arithmetic of columns; conditions and functions inside an aggregate act as hidden filters — filter with WHERE or GROUP BY the condition instead",
+                    "inside {} on protected data, use a column or a linear combination of columns (no conditions, functions or products of columns, which act as hidden filters); filter with WHERE or GROUP BY the condition instead",
                     func.sql_name()
                 ),
                 Some(arg.span),

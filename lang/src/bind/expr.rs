@@ -11,6 +11,8 @@ use crate::span::Span;
 use crate::types::SqlType;
 use sqlparser::ast;
 
+const MAX_IN_LIST: usize = 10_000;
+
 /// Where an expression appears, which decides whether aggregates are allowed.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct ExprCtx<'s> {
@@ -73,6 +75,21 @@ pub(crate) fn days_from_civil(y: i32, m: u32, d: u32) -> i32 {
 
 impl Binder<'_> {
     pub(crate) fn expr(&self, e: &ast::Expr, ctx: ExprCtx<'_>) -> Result<Expr> {
+        let depth = self.expr_depth.get();
+        if depth >= super::MAX_EXPR_DEPTH {
+            let span = self.span_of(e, self.whole());
+            return Err(Error::invalid(
+                format!("this expression is nested more than {} levels deep; split it up (e.g. use IN (...) instead of long OR chains)", super::MAX_EXPR_DEPTH),
+                Some(span),
+            ));
+        }
+        self.expr_depth.set(depth + 1);
+        let result = self.expr_inner(e, ctx);
+        self.expr_depth.set(depth);
+        result
+    }
+
+    fn expr_inner(&self, e: &ast::Expr, ctx: ExprCtx<'_>) -> Result<Expr> {
         let span = self.span_of(e, self.whole());
         match e {
             ast::Expr::Identifier(ident) => self.column(None, &ident.value, ctx, span),
@@ -136,6 +153,9 @@ impl Binder<'_> {
                 Ok(Expr { kind: ExprKind::IsNull { expr: Box::new(inner), negated }, ty: SqlType::Boolean, span })
             }
             ast::Expr::InList { expr, list, negated } => {
+                if list.len() > MAX_IN_LIST {
+                    return Err(Error::invalid(format!("IN lists may have at most {MAX_IN_LIST} items"), Some(span)));
+                }
                 let value = self.expr(expr, ctx)?;
                 let mut ty = value.ty;
                 let mut items = Vec::new();

@@ -28,7 +28,7 @@ use sqlparser::ast;
 /// Binds one parsed query. Spans in the result (and in errors) are relative
 /// to `text`, the statement's own source.
 pub fn bind_query(catalog: &Catalog, text: &str, query: &ast::Query) -> Result<Query> {
-    let binder = Binder { catalog, index: LineIndex::new(text), text_len: text.len() };
+    let binder = Binder { catalog, index: LineIndex::new(text), text_len: text.len(), expr_depth: std::cell::Cell::new(0) };
     binder.query(query, &Env::default())
 }
 
@@ -42,9 +42,14 @@ pub fn bind_sql(catalog: &Catalog, text: &str) -> Result<Query> {
 
 pub(crate) struct Binder<'a> {
     catalog: &'a Catalog,
-    index: LineIndex<'a>,
+    index: LineIndex,
     text_len: usize,
+    /// Nesting depth of the expression being bound.
+    expr_depth: std::cell::Cell<usize>,
 }
+
+/// Deeper expressions are refused: every later stage recurses over them.
+pub(crate) const MAX_EXPR_DEPTH: usize = 64;
 
 /// What a query sees from its surroundings: the CTEs in scope (innermost
 /// last) and how deeply it is nested.

@@ -62,6 +62,22 @@ pub(crate) fn lower(e: &Expr, resolve: &dyn Fn(&Expr) -> Option<PExpr>) -> Resul
             }
         }
         ExprKind::Cast { expr, to } => cast(go(expr)?, expr.ty, *to),
+        ExprKind::InList { expr, list, negated } if list.len() > 8 && list.iter().all(|i| matches!(i.kind, ExprKind::Literal(_))) => {
+            // A long list of constants: one hash lookup, not an OR chain.
+            let common = list.iter().fold(expr.ty, |t, i| t.unify(i.ty).unwrap_or(t));
+            let items = pl::concat_list(list.iter().map(|i| convert(go(i).unwrap_or_else(|_| lit(pl::Null {})), i.ty, common)).collect::<Vec<_>>())
+                .map_err(|_| Error::Engine("internal error: IN list".into()))?;
+            let value = convert(go(expr)?, expr.ty, common);
+            let has_null = list.iter().any(|i| matches!(i.kind, ExprKind::Literal(Literal::Null)));
+            // SQL: x IN (..) is NULL when x is NULL, or when nothing matched and the list holds a NULL.
+            let found = value.clone().is_in(items.first(), false);
+            let result = pl::when(value.is_null())
+                .then(null_of(SqlType::Boolean))
+                .when(found.clone().not().and(lit(has_null)))
+                .then(null_of(SqlType::Boolean))
+                .otherwise(found);
+            if *negated { result.not() } else { result }
+        }
         ExprKind::InList { expr, list, negated } => {
             let value = go(expr)?;
             let common = list.iter().fold(expr.ty, |t, i| t.unify(i.ty).unwrap_or(t));

@@ -100,11 +100,27 @@ impl Lowerer {
     fn query(&self, q: &Query) -> Result<Rel> {
         let mut rel = self.set_expr(&q.body)?;
         let row_level = !rel.units.is_empty();
-        if !q.order_by.is_empty() {
-            let by: Vec<PExpr> = q.order_by.iter().map(|k| col(output_column(k.column))).collect();
+        let limited = q.limit.is_some() || q.offset.is_some();
+        // Rows the release will hide sort last, so neither their values nor
+        // their place can move the released rows between pages.
+        let hidden_last = rel.released && (limited || !q.order_by.is_empty());
+        if !q.order_by.is_empty() || hidden_last {
+            let mut by: Vec<PExpr> = Vec::new();
+            let mut descending = Vec::new();
+            let mut nulls_last = Vec::new();
+            if hidden_last {
+                by.push(col(THIN_FLAG).or(col(DIFF_FLAG)));
+                descending.push(false);
+                nulls_last.push(true);
+            }
+            for k in &q.order_by {
+                by.push(col(output_column(k.column)));
+                descending.push(k.descending);
+                nulls_last.push(!k.nulls_first);
+            }
             let options = pl::SortMultipleOptions::default()
-                .with_order_descending_multi(q.order_by.iter().map(|k| k.descending))
-                .with_nulls_last_multi(q.order_by.iter().map(|k| !k.nulls_first))
+                .with_order_descending_multi(descending)
+                .with_nulls_last_multi(nulls_last)
                 .with_maintain_order(true);
             rel.lf = rel.lf.sort_by_exprs(by, options);
         }
@@ -261,9 +277,6 @@ impl Lowerer {
                 aggs.push(kept.drop_nulls().n_unique().cast(DataType::Int64).alias(format!("__kept{i}")));
                 aggs.push(col(unit.as_str()).drop_nulls().n_unique().cast(DataType::Int64).alias(format!("__all{i}")));
             }
-            if let Some(k) = &keep {
-                aggs.push(k.clone().sum().cast(DataType::Int64).alias("__nkeep"));
-            }
         }
         let mut lf = if keys.is_empty() {
             rel.lf.select(aggs)
@@ -271,10 +284,9 @@ impl Lowerer {
             rel.lf.group_by_stable(keys).agg(aggs)
         };
         if protected {
-            if keep.is_some() && !s.group_by.is_empty() {
-                // Groups formed only by filtered-out rows do not exist in SQL.
-                lf = lf.filter(col("__nkeep").gt(lit(0i64)));
-            }
+            // Groups formed only by filtered-out rows (kept = 0) are not
+            // dropped: they are thin, so always hidden, and dropping them
+            // would make "0 people" distinguishable from "1 to k-1 people".
             let mut thin = lit(false);
             let mut diff = lit(false);
             for (i, (_, k)) in rel.units.iter().enumerate() {
@@ -297,7 +309,13 @@ impl Lowerer {
             None
         };
         if let Some(h) = &s.having {
-            lf = lf.filter(pl::coalesce(&[expr::typed(expr::lower(h, &resolve)?, h.ty, SqlType::Boolean), lit(false)]));
+            let mut pass = pl::coalesce(&[expr::typed(expr::lower(h, &resolve)?, h.ty, SqlType::Boolean), lit(false)]);
+            if protected {
+                // HAVING never decides about a row the release will hide
+                // anyway, or it would be an oracle on that hidden row.
+                pass = pass.or(col(THIN_FLAG)).or(col(DIFF_FLAG));
+            }
+            lf = lf.filter(pass);
         }
         let mut cols = Vec::new();
         for (i, item) in s.projection.iter().enumerate() {
@@ -350,14 +368,36 @@ impl Lowerer {
                     left_on.push(expr::lower(a, &|_| None)?.cast(t.clone()));
                     right_on.push(expr::lower(b, &|_| None)?.cast(t));
                 }
-                let rf = if r.keep { r.lf.rename([KEEP], ["__keep_r"], true) } else { r.lf };
-                let how = if *kind == JoinKind::Left { JoinType::Left } else { JoinType::Inner };
-                let mut lf = l.lf.join(rf, left_on, right_on, JoinArgs::new(how).with_coalesce(JoinCoalesce::KeepColumns));
-                let keep = l.keep || r.keep;
-                if r.keep {
-                    let flag = if l.keep { col(KEEP).and(col("__keep_r")) } else { col("__keep_r") };
-                    lf = lf.with_column(flag.alias(KEEP)).drop(pl::Selector::ByName { names: ["__keep_r".into()].into(), strict: true });
+                let protected = !l.units.is_empty() || !r.units.is_empty();
+                if !protected {
+                    let how = if *kind == JoinKind::Left { JoinType::Left } else { JoinType::Inner };
+                    let lf = l.lf.join(r.lf, left_on, right_on, JoinArgs::new(how).with_coalesce(JoinCoalesce::KeepColumns));
+                    return Ok(Rel { lf, units: vec![], keep: false, released: false });
                 }
+                // A join drops the rows without a match, which is a filter
+                // like WHERE: join fully and AND "matched" into the keep flag,
+                // so the people a join removes are counted like filtered ones.
+                let lf_marked = l.lf.with_column(lit(true).alias("__lp"));
+                let rf = if r.keep { r.lf.rename([KEEP], ["__keep_r"], true) } else { r.lf }.with_column(lit(true).alias("__rp"));
+                let lf = lf_marked.join(rf, left_on, right_on, JoinArgs::new(JoinType::Full).with_coalesce(JoinCoalesce::KeepColumns));
+                let left_present = col("__lp").is_not_null();
+                let right_present = col("__rp").is_not_null();
+                let mut flag = match kind {
+                    JoinKind::Inner => left_present.and(right_present),
+                    JoinKind::Left => left_present,
+                };
+                if l.keep {
+                    flag = flag.and(pl::coalesce(&[col(KEEP), lit(false)]));
+                }
+                if r.keep {
+                    flag = flag.and(pl::coalesce(&[col("__keep_r"), lit(false)]));
+                }
+                let mut drop: Vec<pl::PlSmallStr> = vec!["__lp".into(), "__rp".into()];
+                if r.keep {
+                    drop.push("__keep_r".into());
+                }
+                let lf = lf.with_column(flag.alias(KEEP)).drop(pl::Selector::ByName { names: drop.into(), strict: true });
+                let keep = true;
                 let mut units = l.units;
                 units.extend(r.units);
                 Ok(Rel { lf, units, keep, released: false })
