@@ -156,6 +156,8 @@ pub async fn run(connection_file: &std::path::Path, catalog: Arc<Catalog>) -> Re
         let shared = shared.clone();
         std::thread::Builder::new()
             .name("safe-data-eval".into())
+            // Binding and checking recurse over the statement: room to spare.
+            .stack_size(64 << 20)
             .spawn(move || evaluation_loop(shared, jobs_rx))
             .expect("spawning the evaluation thread");
     }

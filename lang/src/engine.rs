@@ -39,6 +39,7 @@ pub fn collect(frame: LazyFrame, cancel: &CancelFlag, timeout: Duration) -> Resu
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::Builder::new()
         .name("safe-data-query".into())
+        .stack_size(64 << 20)
         .spawn(move || {
             let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| frame.collect()));
             let _ = tx.send(result);
