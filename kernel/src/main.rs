@@ -128,6 +128,12 @@ fn load(config: &Path) -> Result<Catalog, String> {
 
 fn main() -> ExitCode {
     init_logging();
+    // A panic's message can quote data (polars formats values into some);
+    // log only where it happened. Evaluation panics become error replies.
+    std::panic::set_hook(Box::new(|info| {
+        let at = info.location().map(|l| format!("{}:{}", l.file(), l.line())).unwrap_or_default();
+        tracing::error!("internal panic at {at}");
+    }));
     let cli = Cli::parse();
     match cli.command {
         Command::Kernel { connection_file, config } => {

@@ -337,7 +337,8 @@ pub(crate) fn aggregate(func: AggFunc, args: &[Expr], distinct: bool, ty: SqlTyp
         let x = lower(e, &none)?;
         let mut has_column = false;
         e.walk(&mut |n| has_column |= matches!(n.kind, ExprKind::Column(_)));
-        Ok(if has_column { x } else { pl::when(anchor.clone().is_null()).then(x.clone()).otherwise(x) })
+        let _ = anchor;
+        Ok(if has_column { x } else { pl::repeat(x, pl::len()) })
     };
     let arg = |i: usize| -> Result<PExpr> {
         let x = per_row(&args[i])?;
@@ -361,8 +362,12 @@ pub(crate) fn aggregate(func: AggFunc, args: &[Expr], distinct: bool, ty: SqlTyp
         AggFunc::Avg => arg(0)?.cast(DataType::Float64).mean(),
         AggFunc::Min => arg(0)?.min(),
         AggFunc::Max => arg(0)?.max(),
-        AggFunc::Stddev => arg(0)?.cast(DataType::Float64).std(1),
-        AggFunc::Variance => arg(0)?.cast(DataType::Float64).var(1),
+        AggFunc::Stddev | AggFunc::Variance => {
+            // Sample statistics of fewer than two values are NULL in SQL.
+            let x = arg(0)?.cast(DataType::Float64);
+            let stat = if func == AggFunc::Stddev { x.clone().std(1) } else { x.clone().var(1) };
+            pl::when(x.count().lt(lit(2u32))).then(null_of(SqlType::Double)).otherwise(stat)
+        }
         AggFunc::Median => arg(0)?.cast(DataType::Float64).median(),
         AggFunc::Quantile => {
             let q = match args.get(1).map(|a| &a.kind) {
@@ -380,7 +385,10 @@ pub(crate) fn aggregate(func: AggFunc, args: &[Expr], distinct: bool, ty: SqlTyp
                 both = both.and(k.clone());
             }
             let (y, x) = (y.filter(both.clone()), x.filter(both));
-            if func == AggFunc::Corr { pl::pearson_corr(y, x) } else { pl::cov(y, x, 1) }
+            let pairs = y.clone().count();
+            let stat = if func == AggFunc::Corr { pl::pearson_corr(y, x) } else { pl::cov(y, x, 1) };
+            // Fewer than two pairs, or no variance (NaN), is NULL in SQL.
+            pl::when(pairs.lt(lit(2u32)).or(stat.clone().is_nan())).then(null_of(SqlType::Double)).otherwise(stat)
         }
     })
 }

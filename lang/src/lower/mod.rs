@@ -223,22 +223,19 @@ impl Lowerer {
                 rel.lf = rel.lf.filter(pred);
             }
         }
-        if s.aggregate {
-            let anchor = anchor_column(s, &rel);
-            self.aggregate(s, rel, &anchor)
-        } else {
-            self.project(s, rel)
-        }
+        let anchor = anchor_column(s, &rel);
+        if s.aggregate { self.aggregate(s, rel, &anchor) } else { self.project(s, rel, &anchor) }
     }
 
     /// A row-level SELECT: projection, carrying the internal columns.
-    fn project(&self, s: &Select, rel: Rel) -> Result<Rel> {
+    fn project(&self, s: &Select, rel: Rel, anchor: &PExpr) -> Result<Rel> {
         if s.distinct && (!rel.units.is_empty() || rel.released) {
             return Err(unsupported("SELECT DISTINCT on protected data", "use GROUP BY, or COUNT(DISTINCT x)"));
         }
         let mut cols = Vec::new();
         for (i, item) in s.projection.iter().enumerate() {
-            cols.push(expr::lower(&item.expr, &|_| None)?.cast(item.expr.ty.to_polars()).alias(output_column(i)));
+            let e = per_row(&item.expr, expr::lower(&item.expr, &|_| None)?, anchor);
+            cols.push(e.cast(item.expr.ty.to_polars()).alias(output_column(i)));
         }
         cols.extend(internal_columns(&rel));
         let mut lf = rel.lf.select(cols);
@@ -260,7 +257,7 @@ impl Lowerer {
             .group_by
             .iter()
             .enumerate()
-            .map(|(i, g)| Ok(expr::lower(g, &|_| None)?.cast(g.ty.to_polars()).alias(format!("g#{i}"))))
+            .map(|(i, g)| Ok(per_row(g, expr::lower(g, &|_| None)?, anchor).cast(g.ty.to_polars()).alias(format!("g#{i}"))))
             .collect::<Result<_>>()?;
         let mut aggs = Vec::new();
         for (i, call) in calls.iter().enumerate() {
@@ -430,6 +427,15 @@ impl Lowerer {
         }
         Ok(Rel { lf: table.scan()?.select(cols), units, keep: false, released: false })
     }
+}
+
+/// Spreads a constant expression over the rows of `anchor` (polars would
+/// otherwise give a constant one row, or one group on empty input).
+fn per_row(e: &Expr, lowered: PExpr, anchor: &PExpr) -> PExpr {
+    let mut has_column = false;
+    e.walk(&mut |n| has_column |= matches!(n.kind, ExprKind::Column(_)));
+    let _ = anchor;
+    if has_column { lowered } else { pl::repeat(lowered, pl::len()) }
 }
 
 /// A column every input row has, to give constants one value per row.
