@@ -477,19 +477,22 @@ fn evaluation_loop(shared: Arc<Shared>, jobs: std_mpsc::Receiver<Job>) {
             shared.status(&job.msg.header, "idle");
             continue;
         }
-        let failed = execute(&shared, &job);
-        let stop_on_error = job.msg.content.get("stop_on_error").and_then(Value::as_bool).unwrap_or(true);
-        if failed && stop_on_error {
-            // Everything received by now (plus a short grace for requests
-            // still on the wire) was sent before the client saw the error.
-            std::thread::sleep(IN_FLIGHT_GRACE);
-            abort_up_to = shared.received.load(std::sync::atomic::Ordering::SeqCst);
-        }
+        execute(&shared, &job, &mut abort_up_to);
     }
 }
 
-/// Runs one execute request; returns whether it failed.
-fn execute(shared: &Shared, job: &Job) -> bool {
+/// Runs one execute request. On failure with `stop_on_error`, raises
+/// `abort_up_to` *before* replying: everything received by then (plus a
+/// short grace for requests still on the wire) was sent before the client
+/// could see the error; what it sends after the reply runs normally.
+fn execute(shared: &Shared, job: &Job, abort_up_to: &mut u64) {
+    let stop_on_error = job.msg.content.get("stop_on_error").and_then(Value::as_bool).unwrap_or(true);
+    let mut on_failure = || {
+        if stop_on_error {
+            std::thread::sleep(IN_FLIGHT_GRACE);
+            *abort_up_to = shared.received.load(std::sync::atomic::Ordering::SeqCst);
+        }
+    };
     let msg = &job.msg;
     let parent = &msg.header;
     let c = &msg.content;
@@ -511,21 +514,20 @@ fn execute(shared: &Shared, job: &Job) -> bool {
         shared.publish("execute_input", parent, json!({"code": code, "execution_count": count}));
     }
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_cell(shared, parent, &code, count, silent)));
-    let failed = match outcome {
+    match outcome {
         Ok(Ok(())) => {
             shared.reply(msg, &job.reply, "execute_reply", json!({"status": "ok", "execution_count": count, "payload": [], "user_expressions": {}}));
-            false
         }
         Ok(Err((ename, evalue, tb))) => {
             if !silent {
                 shared.publish("error", parent, json!({"ename": ename, "evalue": evalue, "traceback": tb}));
             }
+            on_failure();
             let mut content = error_content(&ename, &evalue, &tb);
             content["execution_count"] = json!(count);
             content["payload"] = json!([]);
             content["user_expressions"] = json!({});
             shared.reply(msg, &job.reply, "execute_reply", content);
-            true
         }
         Err(_) => {
             tracing::error!("evaluation panicked");
@@ -534,14 +536,13 @@ fn execute(shared: &Shared, job: &Job) -> bool {
             if !silent {
                 shared.publish("error", parent, json!({"ename": ename, "evalue": evalue, "traceback": tb}));
             }
+            on_failure();
             let mut content = error_content(ename, evalue, &tb);
             content["execution_count"] = json!(count);
             shared.reply(msg, &job.reply, "execute_reply", content);
-            true
         }
-    };
+    }
     shared.status(parent, "idle");
-    failed
 }
 
 type CellError = (String, String, Vec<String>);

@@ -41,7 +41,9 @@ pub fn collect(frame: LazyFrame, cancel: &CancelFlag, timeout: Duration) -> Resu
         .name("safe-data-query".into())
         .stack_size(64 << 20)
         .spawn(move || {
-            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| frame.collect()));
+            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                frame.collect_with_engine(polars::prelude::Engine::Streaming).map(|r| r.unwrap_single())
+            }));
             let _ = tx.send(result);
         })
         .map_err(|_| Error::Engine("cannot start the query thread".into()))?;
