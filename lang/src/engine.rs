@@ -34,7 +34,10 @@ impl CancelFlag {
 /// concurrent collector it would abort the process). On interrupt or timeout
 /// the caller gets its answer at once; the abandoned computation finishes in
 /// the background and its result is dropped.
-pub fn collect(frame: LazyFrame, cancel: &CancelFlag, timeout: Duration) -> Result<DataFrame> {
+///
+/// `streaming` picks polars' streaming engine (faster on plain queries; the
+/// protected plans' filtered aggregates run faster in memory).
+pub fn collect(frame: LazyFrame, cancel: &CancelFlag, timeout: Duration, streaming: bool) -> Result<DataFrame> {
     let started = Instant::now();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::Builder::new()
@@ -42,7 +45,8 @@ pub fn collect(frame: LazyFrame, cancel: &CancelFlag, timeout: Duration) -> Resu
         .stack_size(64 << 20)
         .spawn(move || {
             let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                frame.collect_with_engine(polars::prelude::Engine::Streaming).map(|r| r.unwrap_single())
+                let engine = if streaming { polars::prelude::Engine::Streaming } else { polars::prelude::Engine::InMemory };
+                frame.collect_with_engine(engine).map(|r| r.unwrap_single())
             }));
             let _ = tx.send(result);
         })

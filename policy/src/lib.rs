@@ -108,7 +108,7 @@ impl Policy {
                     return Err(Error::refused(Rule::RawRows, "individual rows of a protected table are never released", Some(query.span)));
                 }
                 let server = &self.catalog.config.server;
-                let df = engine::collect(lowered.frame, cancel, server.query_timeout)?;
+                let df = engine::collect(lowered.frame, cancel, server.query_timeout, mode == Mode::Plain)?;
                 release::release(
                     &df,
                     &ReleaseInput {
