@@ -5,6 +5,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/env.sh
 
+if [ ! -x "$VENV/bin/jupyter-lab" ]; then
+  "$VENV/bin/pip" install --quiet --disable-pip-version-check jupyterlab
+fi
+
 cargo build --bin safe-data
 BIN="$PWD/target/debug/safe-data"
 DEMO="$PWD/demo"
