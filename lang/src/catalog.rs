@@ -29,6 +29,8 @@ pub struct Column {
 #[derive(Debug)]
 enum Source {
     Parquet(PathBuf),
+    /// A CSV source converted once to Arrow IPC in `state_dir/cache`.
+    Ipc { csv: PathBuf, ipc: PathBuf },
     /// Parsed once per kernel and kept in memory.
     Csv { path: PathBuf, frame: OnceLock<std::result::Result<DataFrame, String>> },
 }
@@ -55,7 +57,7 @@ impl Table {
 
     pub fn source_path(&self) -> &Path {
         match &self.source {
-            Source::Parquet(p) | Source::Csv { path: p, .. } => p,
+            Source::Parquet(p) | Source::Csv { path: p, .. } | Source::Ipc { csv: p, .. } => p,
         }
     }
 
@@ -68,6 +70,10 @@ impl Table {
                 let p = PlRefPath::try_from_path(path).map_err(|_| generic("the path is not valid"))?;
                 LazyFrame::scan_parquet(p, parquet_args())
                     .map_err(|_| generic("the Parquet file could not be opened"))
+            }
+            Source::Ipc { ipc, .. } => {
+                let p = PlRefPath::try_from_path(ipc).map_err(|_| generic("the path is not valid"))?;
+                LazyFrame::scan_ipc(p, IpcScanOptions::default(), ipc_args()).map_err(|_| generic("the cached table could not be opened"))
             }
             Source::Csv { path, frame } => {
                 let loaded = frame.get_or_init(|| {
@@ -88,6 +94,35 @@ impl Table {
 /// No globbing, no hive partitions: the owner names one file.
 fn parquet_args() -> ScanArgsParquet {
     ScanArgsParquet { glob: false, hive_options: HiveOptions::new_disabled(), ..Default::default() }
+}
+
+fn ipc_args() -> UnifiedScanArgs {
+    UnifiedScanArgs { glob: false, hive_options: HiveOptions::new_disabled(), ..Default::default() }
+}
+
+/// Converts a CSV source to Arrow IPC under `cache_dir`, once per version of
+/// the file (named by its path, size and modification time). Later opens
+/// read only the IPC schema, and queries scan IPC instead of parsing text.
+fn cached_ipc(csv: &Path, table: &str, cache_dir: &Path) -> Option<PathBuf> {
+    use std::hash::{Hash, Hasher};
+    let meta = std::fs::metadata(csv).ok()?;
+    let mut h = std::hash::DefaultHasher::new();
+    csv.hash(&mut h);
+    meta.len().hash(&mut h);
+    meta.modified().ok()?.hash(&mut h);
+    let ipc = cache_dir.join(format!("{table}-{:016x}.arrow", h.finish()));
+    if ipc.is_file() {
+        return Some(ipc);
+    }
+    std::fs::create_dir_all(cache_dir).ok()?;
+    let mut df = csv_reader(csv).and_then(|r| r.finish()).and_then(|lf| lf.collect()).ok()?;
+    let tmp = ipc.with_extension(format!("tmp{}", std::process::id()));
+    let file = std::fs::File::create(&tmp).ok()?;
+    if IpcWriter::new(file).finish(&mut df).is_err() || std::fs::rename(&tmp, &ipc).is_err() {
+        let _ = std::fs::remove_file(&tmp);
+        return None;
+    }
+    Some(ipc)
 }
 
 fn csv_reader(path: &Path) -> PolarsResult<LazyCsvReader> {
@@ -137,7 +172,15 @@ impl Catalog {
 }
 
 fn open_table(config: &Config, t: &TableConfig) -> Result<Table> {
-    let schema = source_schema(&t.source).map_err(|_| {
+    let is_csv = t.source.extension().is_some_and(|e| e.eq_ignore_ascii_case("csv"));
+    let ipc = if is_csv { cached_ipc(&t.source, &t.name, &config.server.state_dir.join("cache")) } else { None };
+    let schema = match &ipc {
+        Some(path) => PlRefPath::try_from_path(path)
+            .and_then(|p| LazyFrame::scan_ipc(p, IpcScanOptions::default(), ipc_args()))
+            .and_then(|mut lf| lf.collect_schema()),
+        None => source_schema(&t.source),
+    };
+    let schema = schema.map_err(|_| {
         config.error_at(t.line, format!(
             "table `{}`: cannot read the schema of {}; is it a valid {} file?",
             t.name,
@@ -213,8 +256,9 @@ fn open_table(config: &Config, t: &TableConfig) -> Result<Table> {
             description: listed.and_then(|c| c.description.clone()),
         });
     }
-    let is_csv = t.source.extension().is_some_and(|e| e.eq_ignore_ascii_case("csv"));
-    let source = if is_csv {
+    let source = if let Some(ipc) = ipc {
+        Source::Ipc { csv: t.source.clone(), ipc }
+    } else if is_csv {
         Source::Csv { path: t.source.clone(), frame: OnceLock::new() }
     } else {
         Source::Parquet(t.source.clone())
