@@ -335,6 +335,13 @@ impl Expr {
         }
     }
 
+    /// Whether any column is referenced (otherwise the value is a constant).
+    pub fn references_columns(&self) -> bool {
+        let mut found = false;
+        self.walk(&mut |e| found |= matches!(e.kind, ExprKind::Column(_)));
+        found
+    }
+
     pub fn contains_aggregate(&self) -> bool {
         let mut found = false;
         self.walk(&mut |e| found |= matches!(e.kind, ExprKind::Aggregate { .. }));

@@ -11,7 +11,6 @@ use crate::error::{Error, Result, Rule};
 use safe_data_lang::catalog::Table;
 use safe_data_lang::config::Role;
 use safe_data_lang::ir::{AggFunc, BinaryOp, ColumnRef, Expr, ExprKind, FromItem, Literal, Query, Select, SetExpr, UnaryOp};
-use safe_data_lang::span::Span;
 use safe_data_lang::types::SqlType;
 use std::collections::HashMap;
 
@@ -231,11 +230,7 @@ fn expr_info(e: &Expr, scope: &Scope) -> ColInfo {
 /// allowed: a polynomial such as `x * (age - 1) * (age - 2) ...` acts as a
 /// hidden condition that singles out one value.
 fn is_arithmetic(e: &Expr) -> bool {
-    let constant = |x: &Expr| {
-        let mut has_column = false;
-        x.walk(&mut |n| has_column |= matches!(n.kind, ExprKind::Column(_)));
-        !has_column && is_arithmetic(x)
-    };
+    let constant = |x: &Expr| !x.references_columns() && is_arithmetic(x);
     match &e.kind {
         ExprKind::Column(_) => true,
         ExprKind::Literal(Literal::Integer(_) | Literal::Double(_)) => true,
@@ -391,11 +386,6 @@ fn check_select(s: &Select) -> Result<(Level, Vec<ColInfo>)> {
         }
     });
     Ok((level, infos.collect()))
-}
-
-/// The span of the whole statement, for refusals after execution.
-pub(crate) fn whole(q: &Query) -> Span {
-    q.span
 }
 
 /// Whether the query's result is a single whole-table aggregate row (no GROUP BY at the top).

@@ -117,7 +117,7 @@ impl Policy {
                         whole_table: check::is_whole_table_aggregate(&query),
                         min_group_size: min_group_size(&query, &self.catalog),
                         max_rows: server.max_rows,
-                        span: check::whole(&query),
+                        span: query.span,
                     },
                 )
             }

@@ -37,7 +37,6 @@ pub(crate) fn lower(e: &Expr, resolve: &dyn Fn(&Expr) -> Option<PExpr>) -> Resul
             return Err(Error::Engine("internal error: an aggregate outside an aggregation".into()));
         }
         ExprKind::Case { whens, otherwise } => {
-            let ty = e.ty.to_polars();
             let mut iter = whens.iter();
             let (c0, r0) = iter.next().ok_or_else(|| Error::Engine("internal error: empty CASE".into()))?;
             let otherwise = match otherwise {
@@ -45,7 +44,6 @@ pub(crate) fn lower(e: &Expr, resolve: &dyn Fn(&Expr) -> Option<PExpr>) -> Resul
                 None => null_of(e.ty),
             };
             let cond = |c: &Expr| -> Result<PExpr> { Ok(typed(go(c)?, c.ty, SqlType::Boolean)) };
-            let _ = &ty;
             let first = pl::when(cond(c0)?).then(convert(go(r0)?, r0.ty, e.ty));
             let rest: Vec<(PExpr, PExpr)> = iter.map(|(c, r)| Ok((cond(c)?, convert(go(r)?, r.ty, e.ty)))).collect::<Result<_>>()?;
             if rest.is_empty() {
@@ -83,7 +81,7 @@ pub(crate) fn lower(e: &Expr, resolve: &dyn Fn(&Expr) -> Option<PExpr>) -> Resul
             let common = list.iter().fold(expr.ty, |t, i| t.unify(i.ty).unwrap_or(t));
             let mut any: Option<PExpr> = None;
             for item in list {
-                let eq = comparable(value.clone(), expr.ty, common).eq(comparable(go(item)?, item.ty, common));
+                let eq = convert(value.clone(), expr.ty, common).eq(convert(go(item)?, item.ty, common));
                 any = Some(match any {
                     None => eq,
                     Some(a) => a.or(eq),
@@ -94,8 +92,8 @@ pub(crate) fn lower(e: &Expr, resolve: &dyn Fn(&Expr) -> Option<PExpr>) -> Resul
         }
         ExprKind::Between { expr, low, high, negated } => {
             let common = expr.ty.unify(low.ty).and_then(|t| t.unify(high.ty)).unwrap_or(expr.ty);
-            let v = comparable(go(expr)?, expr.ty, common);
-            let inside = v.clone().gt_eq(comparable(go(low)?, low.ty, common)).and(v.lt_eq(comparable(go(high)?, high.ty, common)));
+            let v = convert(go(expr)?, expr.ty, common);
+            let inside = v.clone().gt_eq(convert(go(low)?, low.ty, common)).and(v.lt_eq(convert(go(high)?, high.ty, common)));
             if *negated { inside.not() } else { inside }
         }
         ExprKind::Like { expr, pattern, negated, case_insensitive } => {
@@ -126,13 +124,9 @@ fn literal(l: &Literal, ty: SqlType) -> PExpr {
     }
 }
 
-/// Converts a value of type `from` to `to` (the SQL way, never failing).
+/// Converts a value of type `from` to `to` (the SQL way, never failing),
+/// e.g. to the common type it is compared in.
 pub(crate) fn convert(e: PExpr, from: SqlType, to: SqlType) -> PExpr {
-    comparable(e, from, to)
-}
-
-/// Brings a value to the common type it is compared in.
-fn comparable(e: PExpr, from: SqlType, to: SqlType) -> PExpr {
     if from == to { e } else if from == SqlType::Null { e.cast(to.to_polars()) } else { cast(e, from, to) }
 }
 
@@ -193,7 +187,7 @@ fn binary(op: BinaryOp, l: PExpr, lt: SqlType, r: PExpr, rt: SqlType, out: SqlTy
         Div => l.cast(DataType::Float64) / r.cast(DataType::Float64),
         Eq | NotEq | Lt | LtEq | Gt | GtEq => {
             let common = lt.unify(rt).unwrap_or(lt);
-            let (l, r) = (comparable(l, lt, common), comparable(r, rt, common));
+            let (l, r) = (convert(l, lt, common), convert(r, rt, common));
             match op {
                 Eq => l.eq(r),
                 NotEq => l.neq(r),
@@ -273,15 +267,13 @@ fn scalar(func: ScalarFunc, args: &[Expr], ty: SqlType, resolve: &dyn Fn(&Expr) 
         Exp => f64_of(0)?.exp(),
         Power => f64_of(0)?.pow(f64_of(1)?),
         Coalesce => {
-            let t = ty.to_polars();
-            let _ = t;
             let parts = args.iter().map(|x| Ok(convert(lower(x, resolve)?, x.ty, ty))).collect::<Result<Vec<_>>>()?;
             pl::coalesce(&parts)
         }
         Nullif => {
             let common = args[0].ty.unify(args[1].ty).unwrap_or(args[0].ty);
             let x = a(0)?;
-            let same = comparable(x.clone(), args[0].ty, common).eq(comparable(a(1)?, args[1].ty, common));
+            let same = convert(x.clone(), args[0].ty, common).eq(convert(a(1)?, args[1].ty, common));
             pl::when(same).then(null_of(ty)).otherwise(x)
         }
         Year => a(0)?.dt().year().cast(DataType::Int64),
@@ -329,17 +321,16 @@ fn scalar(func: ScalarFunc, args: &[Expr], ty: SqlType, resolve: &dyn Fn(&Expr) 
 }
 
 /// Lowers an aggregate call over rows where `keep` holds (all rows if `None`).
-/// `anchor` is any column of the input: constant arguments (`COUNT(1)`) are
-/// spread over its rows so the aggregate sees one value per row.
-pub(crate) fn aggregate(func: AggFunc, args: &[Expr], distinct: bool, ty: SqlType, keep: Option<&PExpr>, anchor: &PExpr) -> Result<PExpr> {
+/// Spreads a constant over the input's rows: polars would otherwise give a
+/// constant one row (and one group on empty input), so `COUNT(1)` or
+/// `SELECT 'k' FROM t` would not see one value per row.
+pub(crate) fn per_row(e: &Expr, lowered: PExpr) -> PExpr {
+    if e.references_columns() { lowered } else { pl::repeat(lowered, pl::len()) }
+}
+
+pub(crate) fn aggregate(func: AggFunc, args: &[Expr], distinct: bool, ty: SqlType, keep: Option<&PExpr>) -> Result<PExpr> {
     let none = |_: &Expr| None;
-    let per_row = |e: &Expr| -> Result<PExpr> {
-        let x = lower(e, &none)?;
-        let mut has_column = false;
-        e.walk(&mut |n| has_column |= matches!(n.kind, ExprKind::Column(_)));
-        let _ = anchor;
-        Ok(if has_column { x } else { pl::repeat(x, pl::len()) })
-    };
+    let per_row = |e: &Expr| -> Result<PExpr> { Ok(per_row(e, lower(e, &none)?)) };
     let arg = |i: usize| -> Result<PExpr> {
         let x = per_row(&args[i])?;
         Ok(match keep {

@@ -21,7 +21,7 @@ mod expr;
 
 use crate::catalog::Table;
 use crate::error::{Error, Result};
-use crate::ir::{AggFunc, Expr, ExprKind, Field, FromItem, JoinKind, Query, Select, SetExpr};
+use crate::ir::{Expr, ExprKind, Field, FromItem, JoinKind, Query, Select, SetExpr};
 use crate::types::SqlType;
 use expr::leaf_column;
 use polars::prelude::{self as pl, IntoLazy, DataType, Expr as PExpr, JoinArgs, JoinCoalesce, JoinType, LazyFrame, col, lit};
@@ -223,18 +223,17 @@ impl Lowerer {
                 rel.lf = rel.lf.filter(pred);
             }
         }
-        let anchor = anchor_column(s, &rel);
-        if s.aggregate { self.aggregate(s, rel, &anchor) } else { self.project(s, rel, &anchor) }
+        if s.aggregate { self.aggregate(s, rel) } else { self.project(s, rel) }
     }
 
     /// A row-level SELECT: projection, carrying the internal columns.
-    fn project(&self, s: &Select, rel: Rel, anchor: &PExpr) -> Result<Rel> {
+    fn project(&self, s: &Select, rel: Rel) -> Result<Rel> {
         if s.distinct && (!rel.units.is_empty() || rel.released) {
             return Err(unsupported("SELECT DISTINCT on protected data", "use GROUP BY, or COUNT(DISTINCT x)"));
         }
         let mut cols = Vec::new();
         for (i, item) in s.projection.iter().enumerate() {
-            let e = per_row(&item.expr, expr::lower(&item.expr, &|_| None)?, anchor);
+            let e = expr::per_row(&item.expr, expr::lower(&item.expr, &|_| None)?);
             cols.push(e.cast(item.expr.ty.to_polars()).alias(output_column(i)));
         }
         cols.extend(internal_columns(&rel));
@@ -246,7 +245,7 @@ impl Lowerer {
     }
 
     /// An aggregating SELECT.
-    fn aggregate(&self, s: &Select, rel: Rel, anchor: &PExpr) -> Result<Rel> {
+    fn aggregate(&self, s: &Select, rel: Rel) -> Result<Rel> {
         let keep = rel.keep.then(|| col(KEEP));
         // Distinct aggregate calls of the block, in order of appearance.
         let mut calls: Vec<&Expr> = Vec::new();
@@ -257,12 +256,12 @@ impl Lowerer {
             .group_by
             .iter()
             .enumerate()
-            .map(|(i, g)| Ok(per_row(g, expr::lower(g, &|_| None)?, anchor).cast(g.ty.to_polars()).alias(format!("g#{i}"))))
+            .map(|(i, g)| Ok(expr::per_row(g, expr::lower(g, &|_| None)?).cast(g.ty.to_polars()).alias(format!("g#{i}"))))
             .collect::<Result<_>>()?;
         let mut aggs = Vec::new();
         for (i, call) in calls.iter().enumerate() {
             let ExprKind::Aggregate { func, args, distinct } = &call.kind else { unreachable!() };
-            aggs.push(expr::aggregate(*func, args, *distinct, call.ty, keep.as_ref(), anchor)?.alias(format!("a#{i}")));
+            aggs.push(expr::aggregate(*func, args, *distinct, call.ty, keep.as_ref())?.alias(format!("a#{i}")));
         }
         let protected = !rel.units.is_empty();
         if protected {
@@ -429,33 +428,6 @@ impl Lowerer {
     }
 }
 
-/// Spreads a constant expression over the rows of `anchor` (polars would
-/// otherwise give a constant one row, or one group on empty input).
-fn per_row(e: &Expr, lowered: PExpr, anchor: &PExpr) -> PExpr {
-    let mut has_column = false;
-    e.walk(&mut |n| has_column |= matches!(n.kind, ExprKind::Column(_)));
-    let _ = anchor;
-    if has_column { lowered } else { pl::repeat(lowered, pl::len()) }
-}
-
-/// A column every input row has, to give constants one value per row.
-fn anchor_column(s: &Select, rel: &Rel) -> PExpr {
-    let leaf = s.from.as_ref().and_then(|f| {
-        f.leaves().into_iter().find_map(|leaf| match leaf {
-            FromItem::Table { slot, table, .. } if !table.columns.is_empty() => Some(leaf_column(*slot, 0)),
-            FromItem::Derived { slot, query, .. } if !query.output().is_empty() => Some(leaf_column(*slot, 0)),
-            _ => None,
-        })
-    });
-    match (leaf, rel.units.first(), &s.from) {
-        (Some(c), _, _) => col(c),
-        (None, Some((u, _)), _) => col(u.as_str()),
-        (None, None, None) => col("__one"),
-        // A source without visible columns: count its rows through a constant frame length.
-        (None, None, Some(_)) => pl::len(),
-    }
-}
-
 /// Distinct aggregate calls of `e`, in order of appearance.
 fn collect_aggregates<'a>(e: &'a Expr, calls: &mut Vec<&'a Expr>) {
     e.walk(&mut |x| {
@@ -476,15 +448,4 @@ fn internal_columns(rel: &Rel) -> Vec<PExpr> {
         cols.push(col(DIFF_FLAG));
     }
     cols
-}
-
-/// Which aggregates a query uses (for tools that describe a query).
-pub fn aggregates_of(e: &Expr) -> Vec<AggFunc> {
-    let mut v = Vec::new();
-    e.walk(&mut |x| {
-        if let ExprKind::Aggregate { func, .. } = x.kind {
-            v.push(func);
-        }
-    });
-    v
 }
