@@ -1,11 +1,6 @@
 //! `safe-data`: a Jupyter kernel that evaluates only policy-checked SQL.
 
-mod demo;
-mod history;
-mod install;
-mod kernel;
-mod render;
-mod wire;
+use safe_data_kernel::{demo, install, kernel, render};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use safe_data_lang::engine::CancelFlag;

@@ -1,0 +1,10 @@
+//! The `safe-data` kernel as a library: the binary (`main.rs`) is a thin CLI
+//! over these modules, and the fuzz targets (`fuzz/`) reach the wire decoder
+//! through them.
+
+pub mod demo;
+pub mod history;
+pub mod install;
+pub mod kernel;
+pub mod render;
+pub mod wire;
