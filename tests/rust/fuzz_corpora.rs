@@ -1,0 +1,1 @@
+//! Replays the committed fuzz corpora (to be written with the fuzz crate).
