@@ -216,6 +216,8 @@ display_name = "Safe Data (demo hospital)"
 state_dir = "state"        # audit log, per-user history
 max_rows = 1000            # most rows any released result may have
 query_timeout_s = 60       # longer queries are stopped
+max_memory_mb = 4096       # memory budget of the kernel; a query that exceeds it is stopped
+max_message_mb = 64        # larger Jupyter messages are dropped unread
 
 [policy]
 min_group_size = 10        # k: distinct patients behind every released row

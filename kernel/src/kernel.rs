@@ -24,8 +24,8 @@ use tokio::sync::mpsc;
 use zeromq::prelude::*;
 use zeromq::{RepSocket, RouterSocket, XPubSocket, ZmqMessage};
 
-/// Frames larger than this (in total) are dropped before parsing.
-pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+/// How many signatures the replay guard remembers (jupyter_client's default).
+const REPLAY_MEMORY: usize = 1 << 16;
 
 #[derive(Debug, thiserror::Error)]
 pub enum KernelError {
@@ -51,7 +51,9 @@ struct Shared {
     catalog: Arc<Catalog>,
     requester: Requester,
     counter: Mutex<Counter>,
+    /// Messages larger than this (all frames) are dropped before parsing.
     max_message_bytes: usize,
+    replay: Mutex<wire::ReplayGuard>,
     shutdown: tokio::sync::watch::Sender<bool>,
     /// Number of execute requests received so far (a job's `seq` is its rank).
     received: std::sync::atomic::AtomicU64,
@@ -124,7 +126,11 @@ pub async fn run(connection_file: &std::path::Path, catalog: Arc<Catalog>) -> Re
     let history = History::open(&catalog.config.server.state_dir, &requester.user);
     let (iopub_tx, iopub_rx) = mpsc::unbounded_channel();
     let (shutdown_tx, mut shutdown_rx) = tokio::sync::watch::channel(false);
-    let max_message_bytes = std::env::var("SAFE_DATA_MAX_MESSAGE_BYTES").ok().and_then(|v| v.parse().ok()).unwrap_or(DEFAULT_MAX_MESSAGE_BYTES);
+    // The owner's cap; tests lower it through the environment.
+    let max_message_bytes = std::env::var("SAFE_DATA_MAX_MESSAGE_BYTES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(catalog.config.server.max_message_mb.saturating_mul(1 << 20) as usize);
     let shared = Arc::new(Shared {
         signer: Signer::new(&info.key),
         session,
@@ -135,6 +141,7 @@ pub async fn run(connection_file: &std::path::Path, catalog: Arc<Catalog>) -> Re
         requester,
         counter: Mutex::new(Counter { execution_count: 0, history }),
         max_message_bytes,
+        replay: Mutex::new(wire::ReplayGuard::new(REPLAY_MEMORY)),
         shutdown: shutdown_tx,
         received: std::sync::atomic::AtomicU64::new(0),
     });
@@ -278,6 +285,10 @@ async fn router_loop(socket: RouterSocket, shared: Arc<Shared>, channel: Channel
                 continue;
             }
         };
+        if !shared.replay.lock().unwrap_or_else(|p| p.into_inner()).admit(&msg.signature) {
+            tracing::warn!("{channel:?}: dropped a replayed message ({})", msg.msg_type());
+            continue;
+        }
         if channel == Channel::Stdin {
             tracing::debug!("ignoring {} on stdin (the kernel never asks for input)", msg.msg_type());
             continue;
@@ -565,11 +576,14 @@ fn run_cell(shared: &Shared, parent: &Value, code: &str, count: u64, silent: boo
         if silent {
             continue;
         }
-        let data = render::bundle(&released);
-        if i == last {
-            shared.publish("execute_result", parent, json!({"execution_count": count, "data": data, "metadata": {}}));
-        } else {
-            shared.publish("display_data", parent, json!({"data": data, "metadata": {}, "transient": {}}));
+        let outputs = render::outputs(&released);
+        let n = outputs.len();
+        for (j, data) in outputs.into_iter().enumerate() {
+            if i == last && j + 1 == n {
+                shared.publish("execute_result", parent, json!({"execution_count": count, "data": data, "metadata": {}}));
+            } else {
+                shared.publish("display_data", parent, json!({"data": data, "metadata": {}, "transient": {}}));
+            }
         }
     }
     Ok(())

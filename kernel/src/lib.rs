@@ -7,4 +7,5 @@ pub mod history;
 pub mod install;
 pub mod kernel;
 pub mod render;
+pub mod vegalite;
 pub mod wire;

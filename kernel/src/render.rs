@@ -180,6 +180,24 @@ pub fn bundle(r: &Released) -> Json {
     Json::Object(data)
 }
 
+/// The outputs of a released result, in display order. A table is one
+/// bundle (its notices inside). A chart is its notices as a bundle of their
+/// own, then the chart: Vega-Lite with the aligned table as the text
+/// fallback, and no HTML, which JupyterLab would prefer to the chart.
+pub fn outputs(r: &Released) -> Vec<Json> {
+    let Some(chart) = r.chart() else { return vec![bundle(r)] };
+    let mut out = Vec::new();
+    if !r.notices().is_empty() {
+        let plain: Vec<String> = r.notices().iter().map(|n| format!("Note: {}", n.message)).collect();
+        out.push(json!({"text/plain": plain.join("\n"), "text/html": format!("{STYLE}{}", notices_html(r))}));
+    }
+    let mut data = Map::new();
+    data.insert(crate::vegalite::MIME.into(), crate::vegalite::spec(r, chart));
+    data.insert("text/plain".into(), Json::String(text(r)));
+    out.push(Json::Object(data));
+    out
+}
+
 /// `{"columns": [...], "rows": [[...]], "notices": [...]}` for `safe-data query --format json`.
 pub fn json_document(r: &Released) -> Json {
     if let Some(t) = r.text() {

@@ -76,6 +76,8 @@ impl Signer {
 #[allow(dead_code)]
 pub struct Message {
     pub identities: Vec<Bytes>,
+    /// The hex HMAC as received (empty when unsigned); see [`ReplayGuard`].
+    pub signature: Bytes,
     pub header: Value,
     pub parent_header: Value,
     pub metadata: Value,
@@ -110,12 +112,45 @@ impl Message {
         }
         Ok(Message {
             identities: frames[..split].to_vec(),
+            signature: rest[0].clone(),
             header,
             parent_header: parse(&rest[2], "parent_header")?,
             metadata: parse(&rest[3], "metadata")?,
             content: parse(&rest[4], "content")?,
             buffers: rest[5..].to_vec(),
         })
+    }
+}
+
+/// Remembers the signatures of the last messages accepted, so a captured
+/// message re-sent byte for byte is dropped (as jupyter_client's `Session`
+/// does). Only signed messages can be recognised; the memory is bounded.
+pub struct ReplayGuard {
+    seen: std::collections::HashSet<Bytes>,
+    order: std::collections::VecDeque<Bytes>,
+    capacity: usize,
+}
+
+impl ReplayGuard {
+    pub fn new(capacity: usize) -> ReplayGuard {
+        ReplayGuard { seen: Default::default(), order: Default::default(), capacity: capacity.max(1) }
+    }
+
+    /// True the first time a signature is seen; false for a replay.
+    pub fn admit(&mut self, signature: &Bytes) -> bool {
+        if signature.is_empty() {
+            return true;
+        }
+        if !self.seen.insert(signature.clone()) {
+            return false;
+        }
+        self.order.push_back(signature.clone());
+        if self.order.len() > self.capacity {
+            if let Some(old) = self.order.pop_front() {
+                self.seen.remove(&old);
+            }
+        }
+        true
     }
 }
 
@@ -205,6 +240,22 @@ mod tests {
         assert_eq!(Message::decode(frames, &signer, 1 << 20).unwrap_err(), WireError::BadJson("header"));
         let frames = sample(&signer);
         assert!(matches!(Message::decode(frames, &signer, 10).unwrap_err(), WireError::TooLarge(_)));
+    }
+
+    #[test]
+    fn replays_are_refused_and_memory_is_bounded() {
+        let mut guard = ReplayGuard::new(2);
+        let (a, b, c) = (Bytes::from_static(b"aa"), Bytes::from_static(b"bb"), Bytes::from_static(b"cc"));
+        assert!(guard.admit(&a));
+        assert!(!guard.admit(&a));
+        assert!(guard.admit(&b));
+        assert!(guard.admit(&c));
+        // `a` fell out of the window of two.
+        assert!(guard.admit(&a));
+        assert!(!guard.admit(&c));
+        // Unsigned messages cannot be told apart.
+        assert!(guard.admit(&Bytes::new()));
+        assert!(guard.admit(&Bytes::new()));
     }
 
     #[test]

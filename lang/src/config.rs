@@ -58,6 +58,7 @@ struct RawServer {
     max_rows: Option<Spanned<i64>>,
     query_timeout_s: Option<Spanned<i64>>,
     max_memory_mb: Option<Spanned<i64>>,
+    max_message_mb: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -100,6 +101,8 @@ pub struct ServerConfig {
     pub max_rows: usize,
     pub query_timeout: Duration,
     pub max_memory_mb: u64,
+    /// Larger Jupyter messages are dropped unread.
+    pub max_message_mb: u64,
 }
 
 /// The validated configuration. Column lists are as the owner wrote them;
@@ -199,12 +202,14 @@ impl Config {
         let max_rows = ctx.positive(&raw.server.max_rows, "max_rows", 1000)? as usize;
         let timeout = ctx.positive(&raw.server.query_timeout_s, "query_timeout_s", 60)?;
         let max_memory_mb = ctx.positive(&raw.server.max_memory_mb, "max_memory_mb", default_max_memory_mb())?;
+        let max_message_mb = ctx.positive(&raw.server.max_message_mb, "max_message_mb", 64)?;
         let server = ServerConfig {
             display_name: raw.server.display_name.unwrap_or_else(|| "Safe Data".to_string()),
             state_dir: base.join(raw.server.state_dir.as_deref().unwrap_or("state")),
             max_rows,
             query_timeout: Duration::from_secs(timeout),
             max_memory_mb,
+            max_message_mb,
         };
 
         let mut tables = Vec::new();

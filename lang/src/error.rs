@@ -74,6 +74,20 @@ impl Error {
         }
     }
 
+    /// Replaces the span of an error that has one.
+    pub fn respanned(mut self, new: Option<Span>) -> Self {
+        match &mut self {
+            Error::Syntax { span, .. }
+            | Error::Unsupported { span, .. }
+            | Error::UnknownTable { span, .. }
+            | Error::UnknownColumn { span, .. }
+            | Error::AmbiguousColumn { span, .. }
+            | Error::Invalid { span, .. } => *span = new,
+            _ => {}
+        }
+        self
+    }
+
     /// Moves the span (if any) by `offset` bytes: used when a statement was
     /// parsed out of a larger cell.
     pub fn shifted(mut self, offset: usize) -> Self {

@@ -6,6 +6,7 @@
 //! except the hooks [`lower::Mode::Protected`] offers.
 
 pub mod bind;
+pub mod chart;
 pub mod catalog;
 pub mod config;
 pub mod engine;

@@ -4,6 +4,7 @@
 //! not resolve names or types (that is [`crate::bind`]); anything that is not
 //! a query or one of our meta statements is refused here, by name.
 
+use crate::chart::{self, ChartSpec};
 use crate::error::{Error, Result};
 use crate::span::{LineIndex, Span};
 use sqlparser::ast;
@@ -28,6 +29,9 @@ pub enum Statement {
     Describe { table: String, span: Span },
     /// `EXPLAIN <query>`: bind and check, never run.
     Explain(Box<ast::Query>),
+    /// `CHART <kind> [(options)] <query>`. `text` is the statement with the
+    /// header blanked out; bind `query` against it.
+    Chart { spec: ChartSpec, query: Box<ast::Query>, text: String },
 }
 
 /// Byte ranges of the `;`-separated statements in `cell`, skipping empty ones.
@@ -93,6 +97,13 @@ pub fn parse_cell(cell: &str) -> Result<Vec<Parsed>> {
 
 /// Parses one statement (no `;`). Spans in the result are relative to `text`.
 pub fn parse_statement(text: &str) -> Result<Statement> {
+    if chart::is_chart(text) {
+        let (spec, blanked) = chart::parse_header(text)?;
+        return match parse_statement(&blanked)? {
+            Statement::Query(query) => Ok(Statement::Chart { spec, query, text: blanked }),
+            _ => Err(Error::invalid(format!("{} draws the result of a SELECT query", spec), Some(spec.span))),
+        };
+    }
     let dialect = GenericDialect {};
     let mut statements = Parser::new(&dialect)
         .try_with_sql(text)
@@ -226,5 +237,7 @@ mod tests {
         assert!(matches!(parse_statement("SHOW TABLES").unwrap(), Statement::ShowTables));
         assert!(matches!(parse_statement("DESCRIBE patients").unwrap(), Statement::Describe { ref table, .. } if table == "patients"));
         assert!(matches!(parse_statement("EXPLAIN SELECT 1").unwrap(), Statement::Explain(_)));
+        assert!(matches!(parse_statement("CHART bar SELECT 1 AS a, 2 AS b").unwrap(), Statement::Chart { .. }));
+        assert!(parse_statement("CHART bar SHOW TABLES").is_err());
     }
 }

@@ -10,7 +10,7 @@
 use crate::error::{Error, Result, Rule};
 use safe_data_lang::catalog::Table;
 use safe_data_lang::config::Role;
-use safe_data_lang::ir::{AggFunc, BinaryOp, ColumnRef, Expr, ExprKind, FromItem, Literal, Query, Select, SetExpr, UnaryOp};
+use safe_data_lang::ir::{AggFunc, BinaryOp, ColumnRef, Expr, ExprKind, FromItem, Literal, Query, ScalarFunc, Select, SetExpr, UnaryOp};
 use safe_data_lang::types::SqlType;
 use std::collections::HashMap;
 
@@ -214,6 +214,7 @@ fn expr_info(e: &Expr, scope: &Scope) -> ColInfo {
     match &e.kind {
         ExprKind::Column(c) => column_info(c, scope).cloned().unwrap_or_else(ColInfo::free),
         ExprKind::Aggregate { .. } | ExprKind::Literal(_) => ColInfo::free(),
+        _ if is_measure_bin(e, scope) => ColInfo { role: Eff::Dimension, plain: false, join_key: false, ..ColInfo::free() },
         _ => {
             let children: Vec<ColInfo> = e.children().into_iter().map(|c| expr_info(c, scope)).collect();
             let refs: Vec<&ColInfo> = children.iter().collect();
@@ -249,10 +250,21 @@ fn is_arithmetic(e: &Expr) -> bool {
     }
 }
 
-/// Checks per-row uses (outside aggregates): no identifiers, no measures.
+/// `WIDTH_BUCKET(<measure>, low, high, n)` with constant edges: a measure cut
+/// into fixed bins acts as a dimension (each bin then faces the k-threshold
+/// like any group). The edges must be constants so they cannot follow the data.
+fn is_measure_bin(e: &Expr, scope: &Scope) -> bool {
+    let ExprKind::Scalar { func: ScalarFunc::WidthBucket, args } = &e.kind else { return false };
+    let Some((value, edges)) = args.split_first() else { return false };
+    edges.iter().all(|a| !a.references_columns()) && is_arithmetic(value) && expr_info(value, scope).role == Eff::Measure
+}
+
+/// Checks per-row uses (outside aggregates): no identifiers, no measures
+/// (except cut into bins, see [`is_measure_bin`]).
 fn check_row_use(e: &Expr, scope: &Scope, clause: &str) -> Result<()> {
     match &e.kind {
         ExprKind::Aggregate { .. } => Ok(()),
+        _ if is_measure_bin(e, scope) => Ok(()),
         ExprKind::Column(c) => {
             let Some(info) = column_info(c, scope) else { return Ok(()) };
             match info.role {

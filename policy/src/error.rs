@@ -77,6 +77,16 @@ impl Error {
         }
     }
 
+    /// Replaces the span: errors about a statement the policy wrote (a
+    /// histogram's GROUP BY) point at the user's query instead.
+    pub fn respanned(self, span: Option<Span>) -> Self {
+        match self {
+            Error::Query(e) => Error::Query(e.respanned(span)),
+            Error::Refused { rule, message, .. } => Error::Refused { rule, message, span },
+            other => other,
+        }
+    }
+
     pub fn shifted(self, offset: usize) -> Self {
         match self {
             Error::Query(e) => Error::Query(e.shifted(offset)),

@@ -20,6 +20,7 @@ use release::{ReleaseInput, Verdict};
 use safe_data_lang::engine::{CancelFlag, Value};
 use safe_data_lang::ir::{Field, FromItem, Query, SetExpr};
 use safe_data_lang::lower::{Mode, lower_query};
+use safe_data_lang::chart::ChartKind;
 use safe_data_lang::parse::{Parsed, Statement};
 use safe_data_lang::types::SqlType;
 use safe_data_lang::{Catalog, bind, engine};
@@ -101,27 +102,47 @@ impl Policy {
             Statement::Query(q) => {
                 let query = bind::bind_query(&self.catalog, &parsed.text, q)?;
                 *plan_hash = Some(hash_plan(&query));
-                let verdict = check::check(&query)?;
-                let mode = if verdict.level == Level::Public { Mode::Plain } else { Mode::Protected };
-                let lowered = lower_query(&query, mode)?;
-                if lowered.row_level_protected {
-                    return Err(Error::refused(Rule::RawRows, "individual rows of a protected table are never released", Some(query.span)));
+                self.run_bound(&query, cancel)
+            }
+            Statement::Chart { spec, query: q, text } => {
+                let query = bind::bind_query(&self.catalog, text, q)?;
+                if spec.kind == ChartKind::Histogram {
+                    // The bins become a GROUP BY, checked and released like any other.
+                    let (sql, chart) = safe_data_lang::chart::histogram_sql(spec, text, q, &query)?;
+                    let binned = bind::bind_sql(&self.catalog, &sql).map_err(|e| Error::from(e).respanned(Some(query.span)))?;
+                    *plan_hash = Some(hash_plan(&binned));
+                    let released = self.run_bound(&binned, cancel).map_err(|e| e.respanned(Some(query.span)))?;
+                    return Ok(released.with_chart(chart));
                 }
-                let server = &self.catalog.config.server;
-                let df = engine::collect(lowered.frame, cancel, server.query_timeout, mode == Mode::Plain)?;
-                release::release(
-                    &df,
-                    &ReleaseInput {
-                        level: verdict.level,
-                        output: &lowered.output,
-                        whole_table: check::is_whole_table_aggregate(&query),
-                        min_group_size: min_group_size(&query, &self.catalog),
-                        max_rows: server.max_rows,
-                        span: query.span,
-                    },
-                )
+                *plan_hash = Some(hash_plan(&query));
+                let columns: Vec<(String, SqlType)> = query.output().into_iter().map(|f| (f.name, f.ty)).collect();
+                let chart = safe_data_lang::chart::resolve(spec, &columns)?;
+                Ok(self.run_bound(&query, cancel)?.with_chart(chart))
             }
         }
+    }
+
+    /// Check → lower → execute → release, for a bound query.
+    fn run_bound(&self, query: &Query, cancel: &CancelFlag) -> Result<Released> {
+        let verdict = check::check(query)?;
+        let mode = if verdict.level == Level::Public { Mode::Plain } else { Mode::Protected };
+        let lowered = lower_query(query, mode)?;
+        if lowered.row_level_protected {
+            return Err(Error::refused(Rule::RawRows, "individual rows of a protected table are never released", Some(query.span)));
+        }
+        let server = &self.catalog.config.server;
+        let df = engine::collect(lowered.frame, cancel, server.query_timeout, mode == Mode::Plain)?;
+        release::release(
+            &df,
+            &ReleaseInput {
+                level: verdict.level,
+                output: &lowered.output,
+                whole_table: check::is_whole_table_aggregate(query),
+                min_group_size: min_group_size(query, &self.catalog),
+                max_rows: server.max_rows,
+                span: query.span,
+            },
+        )
     }
 
     fn show_tables(&self) -> Released {

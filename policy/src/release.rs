@@ -8,6 +8,7 @@
 
 use crate::check::Level;
 use crate::error::{Error, Result, Rule};
+use safe_data_lang::chart::Chart;
 use safe_data_lang::engine::{Value, rows_of};
 use safe_data_lang::ir::Field;
 use safe_data_lang::lower::{DIFF_FLAG, THIN_FLAG};
@@ -53,6 +54,8 @@ enum Body {
 pub struct Released {
     body: Body,
     notices: Vec<Notice>,
+    /// How to draw the rows (CHART statements).
+    chart: Option<Chart>,
 }
 
 impl Released {
@@ -83,17 +86,27 @@ impl Released {
         &self.notices
     }
 
+    /// The chart to draw from these rows, for CHART statements.
+    pub fn chart(&self) -> Option<&Chart> {
+        self.chart.as_ref()
+    }
+
+    pub(crate) fn with_chart(mut self, chart: Chart) -> Released {
+        self.chart = Some(chart);
+        self
+    }
+
     pub(crate) fn verdict(&self) -> Verdict {
         if self.notices.iter().any(|n| n.kind != NoticeKind::Truncated) { Verdict::PartlySuppressed } else { Verdict::Released }
     }
 
     /// Catalog information (SHOW TABLES, DESCRIBE): names and settings, never data.
     pub(crate) fn catalog(columns: Vec<Field>, rows: Vec<Vec<Value>>) -> Released {
-        Released { body: Body::Table { columns, rows }, notices: vec![] }
+        Released { body: Body::Table { columns, rows }, notices: vec![], chart: None }
     }
 
     pub(crate) fn explanation(text: String) -> Released {
-        Released { body: Body::Text(text), notices: vec![] }
+        Released { body: Body::Text(text), notices: vec![], chart: None }
     }
 }
 
@@ -181,7 +194,7 @@ pub(crate) fn release(df: &DataFrame, input: &ReleaseInput<'_>) -> Result<Releas
         kept.truncate(input.max_rows);
     }
     let rows = rows_of(df, &types, &kept);
-    Ok(Released { body: Body::Table { columns: input.output.to_vec(), rows }, notices })
+    Ok(Released { body: Body::Table { columns: input.output.to_vec(), rows }, notices, chart: None })
 }
 
 fn plural(n: usize) -> &'static str {

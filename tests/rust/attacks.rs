@@ -1471,3 +1471,71 @@ fn family13_interrupt_stops_a_query() {
         Ok(rel) => assert!(rel.rows().iter().all(|r| text(&r[0]) != "Isle")),
     }
 }
+
+// ---------------------------------------------------------------------------
+// Charts: every bar and bin is a released row
+// ---------------------------------------------------------------------------
+
+#[test]
+fn histogram_bins_face_the_threshold() {
+    let lab = Lab::new();
+    // Bins of 10 years over [0, 110]: id 7 alone is in [90, 100).
+    let rel = lab.released("CHART HISTOGRAM (bins = 11) SELECT age FROM patients");
+    let chart = rel.chart().expect("a chart");
+    assert_eq!((chart.x.field.as_str(), chart.y.field.as_str()), ("bin_start", "count"));
+    assert_eq!(chart.x2.as_ref().map(|e| e.field.as_str()), Some("bin_end"));
+    assert!(rel.rows().iter().all(|r| num(&r[0]) < 90.0), "{:?}", rel.rows());
+    assert!(hid_rows(&rel), "{:?}", rel.notices());
+    // Everyone but id 7 is in a released bin of at least k people.
+    let counts: Vec<i64> = rel.rows().iter().map(|r| int(&r[2])).collect();
+    assert!(counts.iter().all(|c| *c >= K), "{counts:?}");
+    assert_eq!(counts.iter().sum::<i64>(), TOTAL_PEOPLE - 1);
+}
+
+#[test]
+fn histogram_of_a_measure_uses_the_owners_bounds() {
+    let lab = Lab::new();
+    let rel = lab.released("CHART HISTOGRAM (bins = 4) SELECT bmi FROM patients");
+    let starts: Vec<f64> = rel.rows().iter().map(|r| num(&r[0])).collect();
+    assert!(starts.iter().all(|s| [10.0, 20.0, 30.0, 40.0].contains(s)), "{starts:?}");
+    let total: i64 = rel.rows().iter().map(|r| int(&r[2])).sum();
+    assert!(total <= TOTAL_PEOPLE);
+}
+
+#[test]
+fn histogram_cannot_bin_identifiers_or_follow_the_data() {
+    let lab = Lab::new();
+    lab.refused_by("CHART HISTOGRAM (bins = 60, min = 1, max = 61) SELECT patient_id FROM patients", Rule::IdentifierUse);
+    // An unbounded measure needs the range from the user, never from the data.
+    let e = lab.refused("CHART HISTOGRAM SELECT income FROM patients");
+    assert!(e.text.contains("min = ... and max = ..."), "{e:?}");
+    // Edges that follow a column would be a per-row condition.
+    lab.refused("SELECT WIDTH_BUCKET(bmi, age, 100, 10) AS b, COUNT(*) AS n FROM patients GROUP BY 1");
+}
+
+#[test]
+fn fine_bins_do_not_single_out_the_millionaire() {
+    let lab = Lab::new();
+    let rel = lab.hidden_or_refused(
+        "CHART HISTOGRAM (bins = 1000, min = 0, max = 10000000) SELECT income FROM patients",
+        |row| num(&row[0]) >= 8_000_000.0,
+    );
+    if let Some(rel) = rel {
+        assert!(rel.rows().iter().all(|r| int(&r[2]) >= K), "{:?}", rel.rows());
+    }
+}
+
+#[test]
+fn bar_chart_channels_name_result_columns() {
+    let lab = Lab::new();
+    let rel = lab.released("CHART BAR (x = region, y = n) SELECT region, COUNT(*) AS n FROM patients GROUP BY region ORDER BY region");
+    let chart = rel.chart().unwrap();
+    assert_eq!((chart.x.field.as_str(), chart.y.field.as_str()), ("region", "n"));
+    // The Isle row is hidden from the chart as from the table.
+    assert!(rel.rows().iter().all(|r| r[0] != Value::Text("Isle".into())));
+    let e = lab.refused("CHART BAR (x = ward) SELECT region, COUNT(*) AS n FROM patients GROUP BY region");
+    assert!(e.text.contains("not a column of the result"), "{e:?}");
+    // A chart of raw rows is refused like the rows themselves.
+    let e = lab.refused("CHART SCATTER SELECT age, bmi FROM patients");
+    assert!(matches!(e.rule, Some(Rule::RawRows | Rule::MeasureUse)), "{e:?}");
+}
