@@ -194,6 +194,10 @@ async fn signal_loop(shared: Arc<Shared>) {
     loop {
         tokio::select! {
             _ = int.recv() => {
+                if safe_data_lang::engine::self_interrupted_recently() {
+                    // Sent by the engine to stop polars: not the user's.
+                    continue;
+                }
                 tracing::info!("SIGINT: interrupting the running query");
                 shared.cancel.cancel();
             }
@@ -496,7 +500,7 @@ fn evaluation_loop(shared: Arc<Shared>, jobs: std_mpsc::Receiver<Job>) {
 /// `abort_up_to` *before* replying: everything received by then (plus a
 /// short grace for requests still on the wire) was sent before the client
 /// could see the error; what it sends after the reply runs normally.
-fn execute(shared: &Shared, job: &Job, abort_up_to: &mut u64) {
+fn execute(shared: &Arc<Shared>, job: &Job, abort_up_to: &mut u64) {
     let stop_on_error = job.msg.content.get("stop_on_error").and_then(Value::as_bool).unwrap_or(true);
     let mut on_failure = || {
         if stop_on_error {
@@ -524,7 +528,11 @@ fn execute(shared: &Shared, job: &Job, abort_up_to: &mut u64) {
     if !silent {
         shared.publish("execute_input", parent, json!({"code": code, "execution_count": count}));
     }
+    let progress = (!silent).then(|| Progress::start(shared, parent));
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_cell(shared, parent, &code, count, silent)));
+    if let Some(progress) = progress {
+        progress.finish(matches!(outcome, Ok(Ok(()))));
+    }
     match outcome {
         Ok(Ok(())) => {
             shared.reply(msg, &job.reply, "execute_reply", json!({"status": "ok", "execution_count": count, "payload": [], "user_expressions": {}}));
@@ -554,6 +562,66 @@ fn execute(shared: &Shared, job: &Job, abort_up_to: &mut u64) {
         }
     }
     shared.status(parent, "idle");
+}
+
+/// A cell that runs longer than [`Progress::AFTER`] shows an updating
+/// display with the elapsed time (JupyterLab's stop button interrupts it);
+/// when the cell ends, the display says how long it took.
+struct Progress {
+    done: std_mpsc::Sender<bool>,
+    ticker: std::thread::JoinHandle<()>,
+}
+
+impl Progress {
+    const AFTER: std::time::Duration = std::time::Duration::from_secs(1);
+    const EVERY: std::time::Duration = std::time::Duration::from_millis(500);
+
+    fn start(shared: &Arc<Shared>, parent: &Value) -> Progress {
+        let (done, finished) = std_mpsc::channel::<bool>();
+        let (shared, parent) = (shared.clone(), parent.clone());
+        let ticker = std::thread::spawn(move || {
+            let started = std::time::Instant::now();
+            let display_id = uuid::Uuid::new_v4().to_string();
+            let bundle = |text: String, running: bool| {
+                let class = if running { "sd-progress sd-running" } else { "sd-progress" };
+                json!({
+                    "text/plain": text,
+                    "text/html": format!("{}<div class=\"{class}\">{}</div>", render::PROGRESS_STYLE, render::escape(&text)),
+                })
+            };
+            let mut wait = Self::AFTER;
+            let mut shown = false;
+            let ok = loop {
+                match finished.recv_timeout(wait) {
+                    Ok(ok) => break ok,
+                    Err(std_mpsc::RecvTimeoutError::Disconnected) => break false,
+                    Err(std_mpsc::RecvTimeoutError::Timeout) => {}
+                }
+                let text = format!("Running for {} — the stop button (■) interrupts it", elapsed(started.elapsed()));
+                let content = json!({"data": bundle(text, true), "metadata": {}, "transient": {"display_id": display_id}});
+                shared.publish(if shown { "update_display_data" } else { "display_data" }, &parent, content);
+                shown = true;
+                wait = Self::EVERY;
+            };
+            if shown {
+                let verb = if ok { "Finished" } else { "Stopped" };
+                let text = format!("{verb} after {}", elapsed(started.elapsed()));
+                shared.publish("update_display_data", &parent, json!({"data": bundle(text, false), "metadata": {}, "transient": {"display_id": display_id}}));
+            }
+        });
+        Progress { done, ticker }
+    }
+
+    /// Stops the ticker; its last update is on iopub before this returns.
+    fn finish(self, ok: bool) {
+        let _ = self.done.send(ok);
+        let _ = self.ticker.join();
+    }
+}
+
+fn elapsed(d: std::time::Duration) -> String {
+    let s = d.as_secs_f64();
+    if s < 60.0 { format!("{s:.1} s") } else { format!("{} min {:02} s", d.as_secs() / 60, d.as_secs() % 60) }
 }
 
 type CellError = (String, String, Vec<String>);

@@ -6,6 +6,7 @@ pub mod demo;
 pub mod history;
 pub mod install;
 pub mod kernel;
+pub mod memory;
 pub mod render;
 pub mod vegalite;
 pub mod wire;

@@ -1,6 +1,10 @@
 //! `safe-data`: a Jupyter kernel that evaluates only policy-checked SQL.
 
-use safe_data_kernel::{demo, install, kernel, render};
+use safe_data_kernel::{demo, install, kernel, memory, render};
+
+/// Counts allocated bytes for the owner's memory budget (`max_memory_mb`).
+#[global_allocator]
+static ALLOCATOR: memory::Counting = memory::Counting;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use safe_data_lang::engine::CancelFlag;
@@ -136,6 +140,9 @@ fn main() -> ExitCode {
                 Ok(c) => Arc::new(c),
                 Err(e) => return fail(e),
             };
+            // Interrupts, timeouts and the memory budget stop polars itself.
+            safe_data_lang::engine::enable_aborts();
+            safe_data_lang::engine::set_memory_gauge(memory::in_use);
             let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
                 Ok(r) => r,
                 Err(e) => return fail(format!("cannot start the runtime: {e}")),

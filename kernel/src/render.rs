@@ -55,6 +55,19 @@ pub fn text(r: &Released) -> String {
     out
 }
 
+/// HTML-escapes text.
+pub fn escape(s: &str) -> String {
+    html_escape(s)
+}
+
+/// The style of the progress display of long-running cells.
+pub const PROGRESS_STYLE: &str = "<style>\
+.sd-progress{font-size:13px;color:var(--jp-ui-font-color2,#666);padding:2px 0}\
+.sd-running::before{content:'';display:inline-block;width:9px;height:9px;margin-right:8px;border-radius:50%;\
+border:2px solid var(--jp-brand-color1,#1976d2);border-right-color:transparent;animation:sd-spin 0.8s linear infinite}\
+@keyframes sd-spin{to{transform:rotate(360deg)}}\
+</style>";
+
 fn html_escape(s: &str) -> String {
     s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
 }

@@ -7,7 +7,8 @@ use crate::types::SqlType;
 use polars::prelude::{AnyValue, DataFrame, LazyFrame, PolarsError};
 use serde::Serialize;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 /// Set from another thread to stop the running query (interrupt).
@@ -29,41 +30,198 @@ impl CancelFlag {
     }
 }
 
-/// Runs the plan on its own thread, waiting for the result, an interrupt or
-/// the deadline. A panic inside polars becomes an error (on polars' own
-/// concurrent collector it would abort the process). On interrupt or timeout
-/// the caller gets its answer at once; the abandoned computation finishes in
-/// the background and its result is dropped.
+/// What a query may use: wall time and (when a gauge is installed, see
+/// [`set_memory_gauge`]) memory.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub timeout: Duration,
+    /// Bytes the whole process may have allocated while the query runs.
+    pub memory_bytes: Option<usize>,
+}
+
+impl Limits {
+    pub fn time_only(timeout: Duration) -> Limits {
+        Limits { timeout, memory_bytes: None }
+    }
+}
+
+/// Reads the bytes the process has allocated (the kernel's counting allocator).
+static MEMORY_GAUGE: OnceLock<fn() -> usize> = OnceLock::new();
+
+/// Installs the function [`collect`] polls to enforce [`Limits::memory_bytes`].
+pub fn set_memory_gauge(gauge: fn() -> usize) {
+    let _ = MEMORY_GAUGE.set(gauge);
+}
+
+/// Whether polars' abort mechanism is installed (see [`enable_aborts`]).
+static ABORTS: OnceLock<()> = OnceLock::new();
+/// When this process last sent itself a SIGINT to stop polars (ms since
+/// [`EPOCH`], 0 = never); see [`self_interrupted_recently`].
+static LAST_SELF_INTERRUPT_MS: AtomicU64 = AtomicU64::new(0);
+static EPOCH: OnceLock<Instant> = OnceLock::new();
+
+fn ms_since_epoch() -> u64 {
+    EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1
+}
+
+/// Query threads still running (an abandoned one may linger).
+static RUNNING: AtomicUsize = AtomicUsize::new(0);
+
+/// Lets [`collect`] stop a running polars computation, not just stop
+/// waiting for it. Polars checks an abort flag in its executors (every
+/// streaming task poll, joins, group-bys, between plan nodes); the flag is
+/// set by its SIGINT handler, so stopping a query means sending ourselves a
+/// SIGINT. From then on SIGINT no longer terminates the process: call this
+/// only in a process that handles SIGINT as "interrupt" (the kernel), after
+/// installing its own panic hook (polars wraps it to keep its abort panics quiet).
+pub fn enable_aborts() {
+    ABORTS.get_or_init(polars::error::abort::register_polars_abort_mechanism);
+}
+
+/// True if [`collect`] sent a SIGINT to stop polars in the last half
+/// second, so the kernel's own SIGINT handler can ignore it. (Signals
+/// coalesce, so this is a time window rather than a count.)
+pub fn self_interrupted_recently() -> bool {
+    let last = LAST_SELF_INTERRUPT_MS.load(Ordering::SeqCst);
+    last != 0 && ms_since_epoch().saturating_sub(last) < 500
+}
+
+fn abort_running_query() {
+    if ABORTS.get().is_some() {
+        LAST_SELF_INTERRUPT_MS.store(ms_since_epoch(), Ordering::SeqCst);
+        // SAFETY: raise(3) with a valid signal number; the handlers are
+        // polars' (an atomic store) and tokio's (a pipe write).
+        unsafe {
+            libc::raise(libc::SIGINT);
+        }
+    }
+}
+
+/// How long an aborted query gets to unwind before it is abandoned.
+const ABORT_GRACE: Duration = Duration::from_millis(800);
+/// How long a new query waits for an aborted one to finish unwinding.
+const DRAIN_WAIT: Duration = Duration::from_secs(3);
+
+/// Why a query was stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stop {
+    Cancelled,
+    Timeout,
+    Memory,
+}
+
+/// Runs the plan on its own thread, waiting for the result, an interrupt,
+/// the deadline or the memory budget. A panic inside polars becomes an
+/// error. When a query is stopped, polars is told to abort (if
+/// [`enable_aborts`] was called) and gets [`ABORT_GRACE`] to unwind; a
+/// computation that does not stop in time is abandoned and finishes in the
+/// background, its result dropped. Either way the caller gets its answer
+/// within about a second.
 ///
 /// `streaming` picks polars' streaming engine (faster on plain queries; the
 /// protected plans' filtered aggregates run faster in memory).
-pub fn collect(frame: LazyFrame, cancel: &CancelFlag, timeout: Duration, streaming: bool) -> Result<DataFrame> {
+pub fn collect(frame: LazyFrame, cancel: &CancelFlag, limits: Limits, streaming: bool) -> Result<DataFrame> {
+    wait_for_aborted_queries();
+    match collect_once(frame.clone(), cancel, limits, streaming) {
+        // Polars refused to start: an earlier, aborted query was still
+        // unwinding with the abort flag set. Wait for it and try once more.
+        Err(Error::Interrupted) if !cancel.is_cancelled() => {
+            wait_for_aborted_queries();
+            collect_once(frame, cancel, limits, streaming)
+        }
+        other => other,
+    }
+}
+
+fn wait_for_aborted_queries() {
+    let started = Instant::now();
+    while RUNNING.load(Ordering::SeqCst) > 0 && started.elapsed() < DRAIN_WAIT {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+fn collect_once(frame: LazyFrame, cancel: &CancelFlag, limits: Limits, streaming: bool) -> Result<DataFrame> {
     let started = Instant::now();
     let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::Builder::new()
+    RUNNING.fetch_add(1, Ordering::SeqCst);
+    let spawned = std::thread::Builder::new()
         .name("safe-data-query".into())
         .stack_size(64 << 20)
         .spawn(move || {
-            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let run = std::panic::AssertUnwindSafe(|| {
                 let engine = if streaming { polars::prelude::Engine::Streaming } else { polars::prelude::Engine::InMemory };
                 frame.collect_with_engine(engine).map(|r| r.unwrap_single())
-            }));
+            });
+            let result = if ABORTS.get().is_some() {
+                match polars::error::abort::catch_polars_abort(|| std::panic::catch_unwind(run)) {
+                    Ok(r) => r.map(Some),
+                    Err(_aborted) => Ok(None),
+                }
+            } else {
+                std::panic::catch_unwind(run).map(Some)
+            };
+            RUNNING.fetch_sub(1, Ordering::SeqCst);
             let _ = tx.send(result);
-        })
-        .map_err(|_| Error::Engine("cannot start the query thread".into()))?;
+        });
+    if spawned.is_err() {
+        RUNNING.fetch_sub(1, Ordering::SeqCst);
+        return Err(Error::Engine("cannot start the query thread".into()));
+    }
+    let mut stopped: Option<(Stop, Instant)> = None;
     loop {
         match rx.recv_timeout(Duration::from_millis(5)) {
-            Ok(Ok(result)) => return result.map_err(|e| map_polars_error(&e)),
-            Ok(Err(_panic)) => return Err(Error::Engine("an internal error occurred".into())),
+            Ok(outcome) => {
+                if let Some((why, _)) = stopped {
+                    return Err(stop_error(why, limits));
+                }
+                return match outcome {
+                    Ok(Some(result)) => result.map_err(|e| map_polars_error(&e)),
+                    // Aborted without our asking: a SIGINT from outside.
+                    Ok(None) => Err(Error::Interrupted),
+                    Err(_panic) => Err(Error::Engine("an internal error occurred".into())),
+                };
+            }
             Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return Err(Error::Engine("an internal error occurred".into())),
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
         }
-        if cancel.is_cancelled() {
-            return Err(Error::Interrupted);
+        match stopped {
+            Some((why, at)) => {
+                if at.elapsed() >= ABORT_GRACE {
+                    tracing::warn!("a stopped query did not unwind in time; abandoning it");
+                    return Err(stop_error(why, limits));
+                }
+            }
+            None => {
+                let why = if cancel.is_cancelled() {
+                    Some(Stop::Cancelled)
+                } else if started.elapsed() >= limits.timeout {
+                    Some(Stop::Timeout)
+                } else if over_budget(limits) {
+                    Some(Stop::Memory)
+                } else {
+                    None
+                };
+                if let Some(why) = why {
+                    abort_running_query();
+                    stopped = Some((why, Instant::now()));
+                }
+            }
         }
-        if started.elapsed() >= timeout {
-            return Err(Error::Timeout(timeout.as_secs()));
-        }
+    }
+}
+
+fn over_budget(limits: Limits) -> bool {
+    match (limits.memory_bytes, MEMORY_GAUGE.get()) {
+        (Some(budget), Some(gauge)) => gauge() > budget,
+        _ => false,
+    }
+}
+
+fn stop_error(why: Stop, limits: Limits) -> Error {
+    match why {
+        Stop::Cancelled => Error::Interrupted,
+        Stop::Timeout => Error::Timeout(limits.timeout.as_secs()),
+        Stop::Memory => Error::MemoryBudget(limits.memory_bytes.unwrap_or(0) >> 20),
     }
 }
 

@@ -42,6 +42,9 @@ pub enum Error {
     /// The query ran longer than the owner allows.
     #[error("the query ran longer than the {0} s limit set by the data owner; narrow it down (filters, fewer groups)")]
     Timeout(u64),
+    /// The query needed more memory than the owner's budget.
+    #[error("the query was stopped: it needed more than the {0} MiB of memory the data owner allows; narrow it down (filters, fewer groups, smaller joins)")]
+    MemoryBudget(usize),
 }
 
 impl Error {
@@ -71,6 +74,7 @@ impl Error {
             Error::Engine(_) => "ExecutionError",
             Error::Interrupted => "Interrupted",
             Error::Timeout(_) => "Timeout",
+            Error::MemoryBudget(_) => "MemoryLimit",
         }
     }
 

@@ -100,13 +100,23 @@ fn last_link(file: &mut File) -> std::io::Result<(u64, String)> {
     if len == 0 {
         return Ok((0, GENESIS.to_string()));
     }
-    // Read the tail; lines are short, 64 KiB holds the last one.
-    let start = len.saturating_sub(64 * 1024);
-    file.seek(SeekFrom::Start(start))?;
-    let mut tail = String::new();
-    file.take(len - start).read_to_string(&mut tail)?;
-    let last = tail.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("");
-    let v: Value = serde_json::from_str(last).map_err(|_| std::io::Error::other("the last audit line is not valid JSON"))?;
+    // Read a growing tail until it holds the whole last line (a statement
+    // may be as long as a cell, so a line can exceed any fixed window). Bytes,
+    // not text: the window may start inside a multi-byte character.
+    let mut window: u64 = 64 * 1024;
+    let tail = loop {
+        let start = len.saturating_sub(window);
+        file.seek(SeekFrom::Start(start))?;
+        let mut tail = Vec::new();
+        file.take(len - start).read_to_end(&mut tail)?;
+        let body = tail.trim_ascii_end();
+        if start == 0 || body.contains(&b'\n') {
+            break tail;
+        }
+        window = window.saturating_mul(4);
+    };
+    let last = tail.split(|b| *b == b'\n').rev().find(|l| !l.trim_ascii().is_empty()).unwrap_or(b"");
+    let v: Value = serde_json::from_slice(last).map_err(|_| std::io::Error::other("the last audit line is not valid JSON"))?;
     let seq = v.get("seq").and_then(Value::as_u64).ok_or_else(|| std::io::Error::other("the last audit line has no seq"))?;
     let hash = v.get("hash").and_then(Value::as_str).ok_or_else(|| std::io::Error::other("the last audit line has no hash"))?;
     Ok((seq, hash.to_string()))
@@ -244,5 +254,18 @@ mod tests {
         truncated.pop();
         write(&log, &truncated);
         assert_eq!(verify(log.path()).unwrap().unwrap_err().line, lines.len(), "removal of the last line");
+    }
+
+    #[test]
+    fn long_and_multibyte_statements_keep_the_chain() {
+        let (log, _) = log_with(1, "long");
+        // Longer than the first read window, and a window edge inside 'é'.
+        for len in [70_000, 300_000] {
+            let mut e = entry(1);
+            e.statement = format!("SELECT '{}'", "é".repeat(len));
+            log.append(&e).unwrap();
+            log.append(&entry(2)).unwrap();
+        }
+        assert_eq!(verify(log.path()).unwrap(), Ok(5));
     }
 }

@@ -131,7 +131,12 @@ impl Policy {
             return Err(Error::refused(Rule::RawRows, "individual rows of a protected table are never released", Some(query.span)));
         }
         let server = &self.catalog.config.server;
-        let df = engine::collect(lowered.frame, cancel, server.query_timeout, mode == Mode::Plain)?;
+        let limits = engine::Limits { timeout: server.query_timeout, memory_bytes: Some((server.max_memory_mb as usize).saturating_mul(1 << 20)) };
+        // Streaming for plain plans and for joins (where a plan can explode: the
+        // streaming engine stops within milliseconds when told to); protected
+        // single-table aggregates run faster in memory.
+        let streaming = mode == Mode::Plain || has_join(query);
+        let df = engine::collect(lowered.frame, cancel, limits, streaming)?;
         release::release(
             &df,
             &ReleaseInput {
@@ -252,6 +257,25 @@ fn min_group_size(query: &Query, catalog: &Catalog) -> u64 {
     let mut k = 0;
     visit_query(query, &mut k);
     if k == 0 { catalog.config.min_group_size } else { k }
+}
+
+/// Whether a query joins tables anywhere (CTEs, subqueries, unions included).
+fn has_join(query: &Query) -> bool {
+    fn in_set(s: &SetExpr) -> bool {
+        match s {
+            SetExpr::Select(s) => s.from.as_ref().is_some_and(in_from),
+            SetExpr::Union { left, right, .. } => in_set(left) || in_set(right),
+            SetExpr::Query(q) => has_join(q),
+        }
+    }
+    fn in_from(f: &FromItem) -> bool {
+        match f {
+            FromItem::Join { .. } => true,
+            FromItem::Derived { query, .. } => has_join(query),
+            FromItem::Table { .. } => false,
+        }
+    }
+    in_set(&query.body) || query.ctes.iter().any(|(_, q)| has_join(q))
 }
 
 /// SHA-256 of the canonical SQL of the bound plan.
