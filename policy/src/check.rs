@@ -381,13 +381,9 @@ fn check_select(s: &Select) -> Result<(Level, Vec<ColInfo>)> {
             }
             Level::RowLevel
         }
-        (Level::Aggregated, true) => {
-            return Err(Error::refused(
-                Rule::Shape,
-                "aggregating the result of an aggregate is not supported on protected data; aggregate the table directly",
-                Some(s.span),
-            ));
-        }
+        // Post-processing released rows; the plan hides any output row that
+        // uses a hidden one (see `lower`).
+        (Level::Aggregated, true) => Level::Aggregated,
         (Level::Aggregated, false) => Level::Aggregated,
     };
     let infos = s.projection.iter().filter(|i| !i.sort_only).map(|i| {

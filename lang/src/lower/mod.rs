@@ -205,16 +205,15 @@ impl Lowerer {
                 Rel { lf: df.lazy(), units: vec![], keep: false, released: false }
             }
         };
-        if rel.released && s.aggregate {
-            return Err(unsupported(
-                "aggregating the result of an aggregate on protected data",
-                "aggregate the table directly, with GROUP BY",
-            ));
-        }
         let protected_rows = !rel.units.is_empty();
         if let Some(filter) = &s.filter {
             let pred = expr::typed(expr::lower(filter, &|_| None)?, filter.ty, SqlType::Boolean);
-            if protected_rows {
+            if rel.released {
+                // Over released rows, WHERE never removes a row the release
+                // will hide: whether it passed would tell about its values.
+                let pass = pl::coalesce(&[pred, lit(false)]).or(col(THIN_FLAG)).or(col(DIFF_FLAG));
+                rel.lf = rel.lf.filter(pass);
+            } else if protected_rows {
                 let pred = pl::coalesce(&[pred, lit(false)]);
                 let flag = if rel.keep { col(KEEP).and(pred) } else { pred };
                 rel.lf = rel.lf.with_column(flag.alias(KEEP));
@@ -264,6 +263,13 @@ impl Lowerer {
             aggs.push(expr::aggregate(*func, args, *distinct, call.ty, keep.as_ref())?.alias(format!("a#{i}")));
         }
         let protected = !rel.units.is_empty();
+        // Aggregating released rows (post-processing): an output row that
+        // uses a row the release hides is hidden too.
+        let post = rel.released;
+        if post {
+            aggs.push(col(THIN_FLAG).any(true).alias(THIN_FLAG));
+            aggs.push(col(DIFF_FLAG).any(true).alias(DIFF_FLAG));
+        }
         if protected {
             for (i, (unit, _)) in rel.units.iter().enumerate() {
                 let kept = match &keep {
@@ -306,7 +312,7 @@ impl Lowerer {
         };
         if let Some(h) = &s.having {
             let mut pass = pl::coalesce(&[expr::typed(expr::lower(h, &resolve)?, h.ty, SqlType::Boolean), lit(false)]);
-            if protected {
+            if protected || post {
                 // HAVING never decides about a row the release will hide
                 // anyway, or it would be an oracle on that hidden row.
                 pass = pass.or(col(THIN_FLAG)).or(col(DIFF_FLAG));
@@ -317,7 +323,7 @@ impl Lowerer {
         for (i, item) in s.projection.iter().enumerate() {
             cols.push(expr::lower(&item.expr, &resolve)?.cast(item.expr.ty.to_polars()).alias(output_column(i)));
         }
-        if protected {
+        if protected || post {
             cols.push(col(THIN_FLAG));
             cols.push(col(DIFF_FLAG));
         }
@@ -325,7 +331,7 @@ impl Lowerer {
         if s.distinct {
             lf = lf.unique_stable(None, pl::UniqueKeepStrategy::First);
         }
-        Ok(Rel { lf, units: vec![], keep: false, released: protected })
+        Ok(Rel { lf, units: vec![], keep: false, released: protected || post })
     }
 
     fn from(&self, item: &FromItem) -> Result<Rel> {
