@@ -11,7 +11,7 @@ const KEYWORDS: &[&str] = &[
     "SELECT", "FROM", "WHERE", "GROUP", "BY", "HAVING", "ORDER", "LIMIT", "OFFSET", "DISTINCT", "AS", "JOIN", "INNER", "LEFT",
     "OUTER", "ON", "USING", "WITH", "UNION", "ALL", "CASE", "WHEN", "THEN", "ELSE", "END", "CAST", "IN", "BETWEEN", "LIKE",
     "ILIKE", "IS", "NULL", "NOT", "AND", "OR", "ASC", "DESC", "NULLS", "FIRST", "LAST", "TRUE", "FALSE", "EXTRACT", "DATE",
-    "SHOW", "TABLES", "DESCRIBE", "EXPLAIN", "WITHIN",
+    "SHOW", "TABLES", "DESCRIBE", "EXPLAIN", "WITHIN", "CHART",
 ];
 
 /// Whether `word` is a keyword (and must be quoted to be used as a name).
@@ -109,7 +109,28 @@ pub fn complete(catalog: &Catalog, code: &str, cursor: usize) -> Completion {
         }
         return Completion { matches, start, end: cursor };
     }
-    for (_, t) in &scope {
+    // CHART <kind> and its options.
+    let words: Vec<String> = before[..start].split_whitespace().map(|w| w.to_ascii_uppercase()).collect();
+    if previous_word == "CHART" {
+        for k in ["BAR", "LINE", "SCATTER", "HISTOGRAM"].iter().filter(|k| starts(k)) {
+            push(k.to_string(), &mut matches);
+        }
+        return Completion { matches, start, end: cursor };
+    }
+    let in_chart_options = words.first().is_some_and(|w| w == "CHART")
+        && before[..start].contains('(')
+        && !before[..start].contains(')')
+        && !before[..start].trim_end().ends_with('=');
+    if in_chart_options {
+        for o in ["x", "y", "color", "title", "bins", "min", "max"].iter().filter(|o| starts(o)) {
+            push(o.to_string(), &mut matches);
+        }
+        return Completion { matches, start, end: cursor };
+    }
+    // Columns of the tables in scope; before any FROM, of every table (a
+    // SELECT list is often written first).
+    let tables: Vec<&Table> = if scope.is_empty() { catalog.tables().iter().map(|t| &**t).collect() } else { scope.iter().map(|(_, t)| *t).collect() };
+    for t in tables {
         for c in t.columns.iter().filter(|c| starts(&c.name)) {
             push(c.name.clone(), &mut matches);
         }

@@ -1083,6 +1083,16 @@ fn family8_hidden_column_not_listed_anywhere() {
     let c = safe_data_lang::services::complete(lab.policy.catalog(), code, 9);
     assert!(!c.matches.iter().any(|m| m.eq_ignore_ascii_case("name")), "{:?}", c.matches);
     assert!(c.matches.iter().any(|m| m == "bmi"), "{:?}", c.matches);
+    // Before any FROM, completion offers every table's visible columns.
+    let catalog = lab.policy.catalog();
+    let c = safe_data_lang::services::complete(catalog, "SELECT na", 9);
+    assert!(!c.matches.iter().any(|m| m.eq_ignore_ascii_case("name")), "{:?}", c.matches);
+    let c = safe_data_lang::services::complete(catalog, "SELECT bm", 9);
+    assert_eq!(c.matches, vec!["bmi"]);
+    let c = safe_data_lang::services::complete(catalog, "CHART ", 6);
+    assert_eq!(c.matches, vec!["BAR", "LINE", "SCATTER", "HISTOGRAM"]);
+    let c = safe_data_lang::services::complete(catalog, "CHART BAR (x = region, co", 25);
+    assert_eq!(c.matches, vec!["color"]);
     // Inspect (shift-tab) knows nothing about hidden columns, as about missing ones.
     let catalog = lab.policy.catalog();
     assert!(safe_data_lang::services::inspect(catalog, "SELECT name FROM patients", 9).is_none());
