@@ -12,3 +12,6 @@ cargo test --workspace --no-fail-fast
 echo "== python tests"
 export SAFE_DATA_BIN="$PWD/target/debug/safe-data"
 "$VENV/bin/python" -m pytest tests/python -q -p no:cacheprovider
+
+echo "== browser test"
+./scripts/browser-test.sh

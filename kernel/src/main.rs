@@ -140,6 +140,8 @@ fn main() -> ExitCode {
                 Ok(c) => Arc::new(c),
                 Err(e) => return fail(e),
             };
+            // Start-up (loader, config, catalog) is done: drop the pages only it used.
+            memory::map_binary_sparsely();
             // Interrupts, timeouts and the memory budget stop polars itself.
             safe_data_lang::engine::enable_aborts();
             safe_data_lang::engine::set_memory_gauge(memory::in_use);

@@ -55,3 +55,55 @@ unsafe impl GlobalAlloc for Counting {
 pub fn in_use() -> usize {
     IN_USE.load(Ordering::Relaxed)
 }
+
+/// Keeps the binary's resident pages to those the kernel uses. The binary
+/// is large (polars) and a kernel touches a scattered few of its functions,
+/// but the loader has read all of its relocation tables, and every page
+/// fault maps up to 64 KiB around the page ("fault-around"). After start-up
+/// this drops the clean (unmodified, file-backed, read-only) pages of the
+/// binary, which come back from the page cache one by one when used, and asks
+/// for no fault-around on them. Pages the loader modified (RELRO: relocated
+/// but read-only since) are dirty and left alone. Best effort: a failure only
+/// costs memory.
+pub fn map_binary_sparsely() {
+    let Ok(exe) = std::env::current_exe() else { return };
+    let Ok(smaps) = std::fs::read_to_string("/proc/self/smaps") else { return };
+    let exe = exe.to_string_lossy();
+    // (start, end, droppable) of each mapping of the binary.
+    let mut current: Option<(usize, usize, bool)> = None;
+    let mut mappings = Vec::new();
+    for line in smaps.lines() {
+        let mut parts = line.split_whitespace();
+        let first = parts.next().unwrap_or("");
+        if let Some((start, end)) = first.split_once('-').filter(|(a, b)| !a.is_empty() && !b.is_empty() && a.bytes().all(|c| c.is_ascii_hexdigit())) {
+            mappings.extend(current.take());
+            let perms = parts.next().unwrap_or("");
+            let path = parts.nth(3);
+            if path == Some(exe.as_ref()) {
+                if let (Ok(start), Ok(end)) = (usize::from_str_radix(start, 16), usize::from_str_radix(end, 16)) {
+                    current = Some((start, end, !perms.contains('w')));
+                }
+            }
+        } else if let Some(m) = current.as_mut() {
+            let dirty = matches!(first, "Private_Dirty:" | "Shared_Dirty:" | "Anonymous:") && parts.next().is_some_and(|kb| kb != "0");
+            if dirty {
+                m.2 = false;
+            }
+        }
+    }
+    mappings.extend(current);
+    for (start, end, droppable) in mappings {
+        // SAFETY: the ranges are this process's own mappings of its binary,
+        // page-aligned as the kernel reports them. MADV_RANDOM only changes
+        // paging hints; MADV_DONTNEED is applied only to read-only mappings
+        // without a modified page, whose content is the file's, so a later
+        // access reads the same bytes back.
+        unsafe {
+            let addr = start as *mut libc::c_void;
+            libc::madvise(addr, end - start, libc::MADV_RANDOM);
+            if droppable {
+                libc::madvise(addr, end - start, libc::MADV_DONTNEED);
+            }
+        }
+    }
+}

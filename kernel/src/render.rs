@@ -104,13 +104,15 @@ fn html_cell(v: &Value) -> String {
     }
 }
 
+// Selectors are specific enough (table.sd-table tr td) to win over
+// JupyterLab's own rendered-HTML table rules, which right-align every cell.
 const STYLE: &str = "<style>\
-.sd-table{border-collapse:collapse;font-size:13px;font-family:var(--jp-code-font-family,monospace)}\
-.sd-table th,.sd-table td{padding:2px 10px;border-bottom:1px solid var(--jp-border-color2,#ddd);text-align:left}\
-.sd-table th{border-bottom:2px solid var(--jp-border-color1,#999)}\
-.sd-table th .sd-type{display:block;font-weight:normal;font-size:11px;color:var(--jp-ui-font-color2,#777)}\
-.sd-table td.sd-num,.sd-table th.sd-num{text-align:right;font-variant-numeric:tabular-nums}\
-.sd-table td.sd-null{color:var(--jp-ui-font-color3,#aaa);font-style:italic}\
+table.sd-table{border-collapse:collapse;font-size:13px;font-family:var(--jp-code-font-family,monospace)}\
+table.sd-table tr th,table.sd-table tr td{padding:2px 10px;border:none;border-bottom:1px solid var(--jp-border-color2,#ddd);text-align:left}\
+table.sd-table tr th{border-bottom:2px solid var(--jp-border-color1,#999)}\
+table.sd-table tr th .sd-type{display:block;font-weight:normal;font-size:11px;color:var(--jp-ui-font-color2,#777)}\
+table.sd-table tr td.sd-num,table.sd-table tr th.sd-num{text-align:right;font-variant-numeric:tabular-nums}\
+table.sd-table tr td.sd-null{color:var(--jp-ui-font-color3,#aaa);font-style:italic}\
 .sd-count{font-size:12px;color:var(--jp-ui-font-color2,#777);margin:4px 0}\
 .sd-notice{border-left:4px solid var(--jp-warn-color1,#f0ad4e);background:var(--jp-warn-color3,#fff8e6);color:var(--jp-ui-font-color1,#333);padding:4px 10px;margin:4px 0;font-size:13px}\
 </style>";

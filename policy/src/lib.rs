@@ -86,7 +86,11 @@ impl Policy {
             rows_released: rows,
         };
         // Fail closed: no audit line, no result.
-        self.audit.append(&entry).map_err(Error::Audit)?;
+        if let Err(e) = self.audit.append(&entry) {
+            // The I/O error names the file and the failure, never data.
+            tracing::error!("cannot append to the audit log {}: {e}", self.audit.path().display());
+            return Err(Error::Audit(e));
+        }
         outcome.map_err(|e| e.shifted(parsed.offset))
     }
 
