@@ -104,15 +104,16 @@ fn html_cell(v: &Value) -> String {
     }
 }
 
-// Selectors are specific enough (table.sd-table tr td) to win over
-// JupyterLab's own rendered-HTML table rules, which right-align every cell.
+// Cell selectors repeat the class (table.sd-table.sd-table tr td) to outrank
+// JupyterLab's `:not(.jp-RenderedMarkdown).jp-RenderedHTMLCommon td`, which
+// right-aligns every cell.
 const STYLE: &str = "<style>\
 table.sd-table{border-collapse:collapse;font-size:13px;font-family:var(--jp-code-font-family,monospace)}\
-table.sd-table tr th,table.sd-table tr td{padding:2px 10px;border:none;border-bottom:1px solid var(--jp-border-color2,#ddd);text-align:left}\
-table.sd-table tr th{border-bottom:2px solid var(--jp-border-color1,#999)}\
-table.sd-table tr th .sd-type{display:block;font-weight:normal;font-size:11px;color:var(--jp-ui-font-color2,#777)}\
-table.sd-table tr td.sd-num,table.sd-table tr th.sd-num{text-align:right;font-variant-numeric:tabular-nums}\
-table.sd-table tr td.sd-null{color:var(--jp-ui-font-color3,#aaa);font-style:italic}\
+table.sd-table.sd-table tr th,table.sd-table.sd-table tr td{padding:2px 10px;border:none;border-bottom:1px solid var(--jp-border-color2,#ddd);text-align:left}\
+table.sd-table.sd-table tr th{border-bottom:2px solid var(--jp-border-color1,#999)}\
+table.sd-table.sd-table tr th .sd-type{display:block;font-weight:normal;font-size:11px;color:var(--jp-ui-font-color2,#777)}\
+table.sd-table.sd-table tr td.sd-num,table.sd-table.sd-table tr th.sd-num{text-align:right;font-variant-numeric:tabular-nums}\
+table.sd-table.sd-table tr td.sd-null{color:var(--jp-ui-font-color3,#aaa);font-style:italic}\
 .sd-count{font-size:12px;color:var(--jp-ui-font-color2,#777);margin:4px 0}\
 .sd-notice{border-left:4px solid var(--jp-warn-color1,#f0ad4e);background:var(--jp-warn-color3,#fff8e6);color:var(--jp-ui-font-color1,#333);padding:4px 10px;margin:4px 0;font-size:13px}\
 </style>";
