@@ -22,7 +22,7 @@ use std::sync::mpsc as std_mpsc;
 use std::sync::{Arc, Mutex};
 use tokio::sync::mpsc;
 use zeromq::prelude::*;
-use zeromq::{RepSocket, RouterSocket, XPubSocket, ZmqMessage};
+use zeromq::{PubSocket, RouterSocket, ZmqMessage};
 
 /// How many signatures the replay guard remembers (jupyter_client's default).
 const REPLAY_MEMORY: usize = 1 << 16;
@@ -152,9 +152,9 @@ pub async fn run(connection_file: &std::path::Path, catalog: Arc<Catalog>) -> Re
     bind(&mut control, &info.control_url()).await?;
     let mut stdin = RouterSocket::new();
     bind(&mut stdin, &info.stdin_url()).await?;
-    let mut iopub = XPubSocket::new();
+    let mut iopub = PubSocket::new();
     bind(&mut iopub, &info.iopub_url()).await?;
-    let mut hb = RepSocket::new();
+    let mut hb = RouterSocket::new();
     bind(&mut hb, &info.hb_url()).await?;
     tracing::info!(shell = %info.shell_url(), "Safe Data kernel listening");
 
@@ -169,7 +169,7 @@ pub async fn run(connection_file: &std::path::Path, catalog: Arc<Catalog>) -> Re
             .expect("spawning the evaluation thread");
     }
 
-    tokio::spawn(iopub_loop(iopub, iopub_rx, shared.clone()));
+    tokio::spawn(iopub_loop(iopub, iopub_rx));
     tokio::spawn(heartbeat_loop(hb));
     tokio::spawn(router_loop(stdin, shared.clone(), Channel::Stdin, None));
     tokio::spawn(router_loop(shell, shared.clone(), Channel::Shell, Some(jobs_tx)));
@@ -210,45 +210,55 @@ async fn signal_loop(shared: Arc<Shared>) {
     }
 }
 
-async fn heartbeat_loop(mut hb: RepSocket) {
+/// How long one echo or reply may wait on a peer that does not read.
+const PEER_SEND_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(200);
+/// How long a heartbeat peer that did not read its echo is ignored.
+const STALLED_PEER_QUARANTINE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Echoes heartbeats. A ROUTER (not REP), so a peer that pings and never
+/// reads its echoes is known by its identity: after one echo that could not
+/// be delivered in time, its pings are ignored for a while, and every other
+/// client's heartbeat keeps flowing.
+async fn heartbeat_loop(hb: RouterSocket) {
+    let (mut send, mut recv) = hb.split();
+    let mut stalled: std::collections::HashMap<Bytes, std::time::Instant> = std::collections::HashMap::new();
     loop {
-        match hb.recv().await {
-            Ok(m) => {
-                if let Err(e) = hb.send(m).await {
-                    tracing::debug!("heartbeat send: {e}");
-                }
+        let m = match recv.recv().await {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::debug!("heartbeat recv: {e}");
+                continue;
             }
-            Err(e) => tracing::debug!("heartbeat recv: {e}"),
+        };
+        let Some(peer) = m.get(0).cloned() else { continue };
+        if let Some(since) = stalled.get(&peer) {
+            if since.elapsed() < STALLED_PEER_QUARANTINE {
+                continue;
+            }
+            stalled.remove(&peer);
+        }
+        match tokio::time::timeout(PEER_SEND_TIMEOUT, send.send(m)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::debug!("heartbeat send: {e}"),
+            Err(_) => {
+                tracing::warn!("a heartbeat peer does not read its echoes; ignoring it for {} s", STALLED_PEER_QUARANTINE.as_secs());
+                if stalled.len() > 10_000 {
+                    stalled.clear();
+                }
+                stalled.insert(peer, std::time::Instant::now());
+            }
         }
     }
 }
 
-async fn iopub_loop(mut socket: XPubSocket, mut rx: mpsc::UnboundedReceiver<Frames>, shared: Arc<Shared>) {
-    loop {
-        tokio::select! {
-            // Keep polling recv: XPUB registers subscriptions only then.
-            sub = socket.recv() => {
-                if let Ok(m) = sub {
-                    if let Some(frame) = m.get(0) {
-                        if frame.first() == Some(&1) {
-                            let topic = Bytes::copy_from_slice(&frame[1..]);
-                            let header = wire::header("iopub_welcome", &shared.session);
-                            let content = json!({"subscription": String::from_utf8_lossy(&topic)});
-                            let frames = wire::encode(&[topic], &header, &json!({}), &json!({}), &content, &shared.signer);
-                            if let Some(m) = to_zmq(frames) {
-                                let _ = tokio::time::timeout(std::time::Duration::from_secs(5), socket.send(m)).await;
-                            }
-                        }
-                    }
-                }
-            }
-            out = rx.recv() => {
-                let Some(frames) = out else { return };
-                if let Some(m) = to_zmq(frames) {
-                    if tokio::time::timeout(std::time::Duration::from_secs(5), socket.send(m)).await.is_err() {
-                        tracing::warn!("iopub send timed out (a stalled subscriber)");
-                    }
-                }
+/// Publishes iopub messages in order. A PUB socket drops messages for a
+/// subscriber whose queue is full (as libzmq does), so one subscriber that
+/// never reads cannot hold back the others.
+async fn iopub_loop(mut socket: PubSocket, mut rx: mpsc::UnboundedReceiver<Frames>) {
+    while let Some(frames) = rx.recv().await {
+        if let Some(m) = to_zmq(frames) {
+            if let Err(e) = socket.send(m).await {
+                tracing::warn!("iopub send: {e}");
             }
         }
     }
@@ -267,8 +277,12 @@ async fn router_loop(socket: RouterSocket, shared: Arc<Shared>, channel: Channel
     tokio::spawn(async move {
         while let Some(frames) = out_rx.recv().await {
             if let Some(m) = to_zmq(frames) {
-                if let Err(e) = send.send(m).await {
-                    tracing::debug!("{channel:?} send: {e}");
+                // A client that does not read its replies loses them, and
+                // cannot hold back the replies to other clients.
+                match tokio::time::timeout(PEER_SEND_TIMEOUT, send.send(m)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => tracing::debug!("{channel:?} send: {e}"),
+                    Err(_) => tracing::warn!("{channel:?}: a client does not read its replies; dropped one"),
                 }
             }
         }
