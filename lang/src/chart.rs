@@ -346,7 +346,8 @@ pub fn histogram_sql(spec: &ChartSpec, text: &str, query: &ast::Query, bound: &Q
         _ => None,
     }
     .ok_or_else(shape_error)?;
-    // Everything from the first table to the end: FROM's tables, WHERE.
+    // Everything from the first table to the end: FROM's tables, WHERE. (A
+    // newline follows it, so a trailing `--` comment ends there.)
     let first_table = ast::Spanned::span(&select.from[0]);
     let from_start = index.span(first_table).ok_or_else(shape_error)?.start;
     let from_sql = text[from_start..].trim_end();
@@ -357,7 +358,7 @@ pub fn histogram_sql(spec: &ChartSpec, text: &str, query: &ast::Query, bound: &Q
     let sql = format!(
         "SELECT {lo} + (bin - 1) * {w} AS bin_start, {lo} + bin * {w} AS bin_end, \"count\" \
          FROM (SELECT CASE WHEN {bucket} < 1 THEN 1 WHEN {bucket} > {n} THEN {n} ELSE {bucket} END AS bin, COUNT(*) AS \"count\" \
-         FROM {from_sql} GROUP BY 1) AS histogram ORDER BY bin_start",
+         FROM {from_sql}\n GROUP BY 1) AS histogram ORDER BY bin_start",
         w = num(width)
     );
     let title = match spec.get("title") {
