@@ -48,6 +48,10 @@ pub struct Table {
     /// Visible columns only, in source order.
     pub columns: Vec<Column>,
     source: Source,
+    /// Whether each row has its own person (see [`Table::unit_is_unique`]).
+    unit_unique: OnceLock<bool>,
+    /// Where that verdict is kept between kernels (per version of the source).
+    unit_unique_cache: Option<PathBuf>,
 }
 
 impl Table {
@@ -59,6 +63,38 @@ impl Table {
         match &self.source {
             Source::Parquet(p) | Source::Csv { path: p, .. } | Source::Ipc { csv: p, .. } => p,
         }
+    }
+
+    /// Whether the privacy unit never repeats (one row per person). Then
+    /// counting the people of a group needs no distinct count: every kept row
+    /// with a unit is another person. Computed once per version of the
+    /// source (one pass over the unit column) and kept in `state_dir/cache`;
+    /// any failure answers `false`, the always-correct slow path.
+    pub fn unit_is_unique(&self) -> bool {
+        *self.unit_unique.get_or_init(|| {
+            let Some(unit) = self.privacy_unit.as_deref() else { return false };
+            if let Some(verdict) = self.unit_unique_cache.as_ref().and_then(|p| std::fs::read_to_string(p).ok()) {
+                return verdict.trim() == "unique";
+            }
+            let counted = self.scan().ok().and_then(|lf| {
+                lf.select([
+                    col(unit).drop_nulls().n_unique().cast(DataType::UInt64).alias("distinct"),
+                    col(unit).count().cast(DataType::UInt64).alias("rows"),
+                ])
+                .collect()
+                .ok()
+            });
+            let Some(df) = counted else { return false };
+            let get = |name: &str| df.column(name).ok().and_then(|c| c.u64().ok()).and_then(|c| c.get(0));
+            let unique = matches!((get("distinct"), get("rows")), (Some(d), Some(r)) if d == r);
+            if let Some(path) = &self.unit_unique_cache {
+                let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+                if std::fs::write(&tmp, if unique { "unique\n" } else { "repeated\n" }).is_ok() {
+                    let _ = std::fs::rename(&tmp, path);
+                }
+            }
+            unique
+        })
     }
 
     /// A lazy scan of the whole source (all columns, including hidden ones:
@@ -104,13 +140,7 @@ fn ipc_args() -> UnifiedScanArgs {
 /// the file (named by its path, size and modification time). Later opens
 /// read only the IPC schema, and queries scan IPC instead of parsing text.
 fn cached_ipc(csv: &Path, table: &str, cache_dir: &Path) -> Option<PathBuf> {
-    use std::hash::{Hash, Hasher};
-    let meta = std::fs::metadata(csv).ok()?;
-    let mut h = std::hash::DefaultHasher::new();
-    csv.hash(&mut h);
-    meta.len().hash(&mut h);
-    meta.modified().ok()?.hash(&mut h);
-    let ipc = cache_dir.join(format!("{table}-{:016x}.arrow", h.finish()));
+    let ipc = cache_dir.join(format!("{table}-{:016x}.arrow", source_version(csv, &())?));
     if ipc.is_file() {
         return Some(ipc);
     }
@@ -123,6 +153,19 @@ fn cached_ipc(csv: &Path, table: &str, cache_dir: &Path) -> Option<PathBuf> {
         return None;
     }
     Some(ipc)
+}
+
+/// A hash naming one version of a source file (its path, size and
+/// modification time) and `extra`, for cache file names.
+fn source_version(path: &Path, extra: &impl std::hash::Hash) -> Option<u64> {
+    use std::hash::{Hash, Hasher};
+    let meta = std::fs::metadata(path).ok()?;
+    let mut h = std::hash::DefaultHasher::new();
+    path.hash(&mut h);
+    meta.len().hash(&mut h);
+    meta.modified().ok()?.hash(&mut h);
+    extra.hash(&mut h);
+    Some(h.finish())
 }
 
 fn csv_reader(path: &Path) -> PolarsResult<LazyCsvReader> {
@@ -263,6 +306,9 @@ fn open_table(config: &Config, t: &TableConfig) -> Result<Table> {
     } else {
         Source::Parquet(t.source.clone())
     };
+    let unit_unique_cache = t.privacy_unit.as_ref().and_then(|unit| {
+        source_version(&t.source, &(&t.name, unit)).map(|v| config.server.state_dir.join("cache").join(format!("{}-{v:016x}.unit", t.name)))
+    });
     Ok(Table {
         name: t.name.clone(),
         description: t.description.clone(),
@@ -272,5 +318,7 @@ fn open_table(config: &Config, t: &TableConfig) -> Result<Table> {
         join_keys: t.join_keys.clone(),
         columns,
         source,
+        unit_unique: OnceLock::new(),
+        unit_unique_cache,
     })
 }

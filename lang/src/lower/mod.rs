@@ -82,6 +82,10 @@ struct Rel {
     keep: bool,
     /// Aggregated, protected: the release flags are present.
     released: bool,
+    /// Row level, protected: the rows are those of one scan whose privacy
+    /// unit never repeats (no join or union since), so a group's people are
+    /// its rows with a unit, counted without a distinct count.
+    unique_units: bool,
 }
 
 struct Lowerer {
@@ -192,7 +196,7 @@ impl Lowerer {
                 if !*all {
                     lf = lf.unique_stable(None, pl::UniqueKeepStrategy::First);
                 }
-                Ok(Rel { lf, units, keep, released })
+                Ok(Rel { lf, units, keep, released, unique_units: false })
             }
         }
     }
@@ -202,7 +206,7 @@ impl Lowerer {
             Some(item) => self.from(item)?,
             None => {
                 let df = pl::DataFrame::new_infer_height(vec![pl::Column::new("__one".into(), [1i32])]).map_err(engine)?;
-                Rel { lf: df.lazy(), units: vec![], keep: false, released: false }
+                Rel { lf: df.lazy(), units: vec![], keep: false, released: false, unique_units: false }
             }
         };
         let protected_rows = !rel.units.is_empty();
@@ -276,8 +280,13 @@ impl Lowerer {
                     Some(k) => col(unit.as_str()).filter(k.clone()),
                     None => col(unit.as_str()),
                 };
-                aggs.push(kept.drop_nulls().n_unique().cast(DataType::Int64).alias(format!("__kept{i}")));
-                aggs.push(col(unit.as_str()).drop_nulls().n_unique().cast(DataType::Int64).alias(format!("__all{i}")));
+                // People: distinct units, or (one row per person) rows with a unit.
+                let people = |units: PExpr| if rel.unique_units { units.count() } else { units.drop_nulls().n_unique() };
+                aggs.push(people(kept).cast(DataType::Int64).alias(format!("__kept{i}")));
+                // Without a keep flag both counts are the same: count once.
+                if keep.is_some() {
+                    aggs.push(people(col(unit.as_str())).cast(DataType::Int64).alias(format!("__all{i}")));
+                }
             }
         }
         let mut lf = if keys.is_empty() {
@@ -285,6 +294,10 @@ impl Lowerer {
         } else {
             rel.lf.group_by_stable(keys).agg(aggs)
         };
+        if protected && keep.is_none() {
+            let same: Vec<PExpr> = (0..rel.units.len()).map(|i| col(format!("__kept{i}")).alias(format!("__all{i}"))).collect();
+            lf = lf.with_columns(same);
+        }
         if protected {
             // Groups formed only by filtered-out rows (kept = 0) are not
             // dropped: they are thin, so always hidden, and dropping them
@@ -331,7 +344,7 @@ impl Lowerer {
         if s.distinct {
             lf = lf.unique_stable(None, pl::UniqueKeepStrategy::First);
         }
-        Ok(Rel { lf, units: vec![], keep: false, released: protected || post })
+        Ok(Rel { lf, units: vec![], keep: false, released: protected || post, unique_units: false })
     }
 
     fn from(&self, item: &FromItem) -> Result<Rel> {
@@ -349,7 +362,7 @@ impl Lowerer {
                     cols.push(col(THIN_FLAG));
                     cols.push(col(DIFF_FLAG));
                 }
-                Ok(Rel { lf: rel.lf.select(cols), units, keep: rel.keep, released: rel.released })
+                Ok(Rel { lf: rel.lf.select(cols), units, keep: rel.keep, released: rel.released, unique_units: rel.unique_units })
             }
             FromItem::Join { left, right, kind, on, .. } => {
                 let l = self.from(left)?;
@@ -374,7 +387,7 @@ impl Lowerer {
                 if !protected {
                     let how = if *kind == JoinKind::Left { JoinType::Left } else { JoinType::Inner };
                     let lf = l.lf.join(r.lf, left_on, right_on, JoinArgs::new(how).with_coalesce(JoinCoalesce::KeepColumns));
-                    return Ok(Rel { lf, units: vec![], keep: false, released: false });
+                    return Ok(Rel { lf, units: vec![], keep: false, released: false, unique_units: false });
                 }
                 // A join drops the rows without a match, which is a filter
                 // like WHERE: join fully and AND "matched" into the keep flag,
@@ -402,7 +415,7 @@ impl Lowerer {
                 let keep = true;
                 let mut units = l.units;
                 units.extend(r.units);
-                Ok(Rel { lf, units, keep, released: false })
+                Ok(Rel { lf, units, keep, released: false, unique_units: false })
             }
         }
     }
@@ -424,13 +437,15 @@ impl Lowerer {
             cols.push(e.alias(leaf_column(slot, i)));
         }
         let mut units = Vec::new();
+        let mut unique_units = false;
         if protected {
             let unit = table.privacy_unit.as_deref().ok_or_else(|| Error::Engine("internal error: protected table without privacy unit".into()))?;
             let name = format!("__u{slot}");
             cols.push(col(unit).alias(name.as_str()));
             units.push((name, table.min_group_size));
+            unique_units = table.unit_is_unique();
         }
-        Ok(Rel { lf: table.scan()?.select(cols), units, keep: false, released: false })
+        Ok(Rel { lf: table.scan()?.select(cols), units, keep: false, released: false, unique_units })
     }
 }
 
