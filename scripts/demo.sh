@@ -37,5 +37,5 @@ Done. Executed notebooks (with their outputs): $DEMO/notebooks/
 Try a query from the terminal:
   $BIN query --config $DEMO/safe-data.toml "SELECT sex, COUNT(*), AVG(died) FROM patients GROUP BY sex"
 Open JupyterLab with the Safe Data kernel:
-  $VENV/bin/jupyter lab notebooks/
+  $VENV/bin/jupyter lab $DEMO/notebooks/
 MSG
