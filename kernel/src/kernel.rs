@@ -428,7 +428,7 @@ fn byte_to_char(s: &str, byte: usize) -> usize {
 }
 
 fn kernel_info(catalog: &Catalog) -> Value {
-    use jupyter_protocol::{CodeMirrorMode, HelpLink, KernelInfoReply, LanguageInfo, ReplyStatus};
+    use jupyter_protocol::{CodeMirrorMode, KernelInfoReply, LanguageInfo, ReplyStatus};
     let reply = KernelInfoReply {
         status: ReplyStatus::Ok,
         protocol_version: wire::PROTOCOL_VERSION.into(),
@@ -448,7 +448,8 @@ fn kernel_info(catalog: &Catalog) -> Value {
             env!("CARGO_PKG_VERSION"),
             catalog.config.server.display_name
         ),
-        help_links: vec![HelpLink { text: "Safe Data dialect".into(), url: "https://github.com/safe-data/safe-data#the-dialect".into() }],
+        // No public documentation site yet: the banner and inspect (shift-tab) document the dialect.
+        help_links: vec![],
         debugger: false,
         error: None,
     };
