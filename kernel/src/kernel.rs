@@ -146,16 +146,17 @@ pub async fn run(connection_file: &std::path::Path, catalog: Arc<Catalog>) -> Re
         received: std::sync::atomic::AtomicU64::new(0),
     });
 
+    let endpoints = Endpoints::open(&info, max_message_bytes as u64).await?;
     let mut shell = RouterSocket::new();
-    bind(&mut shell, &info.shell_url()).await?;
+    bind(&mut shell, &endpoints.shell).await?;
     let mut control = RouterSocket::new();
-    bind(&mut control, &info.control_url()).await?;
+    bind(&mut control, &endpoints.control).await?;
     let mut stdin = RouterSocket::new();
-    bind(&mut stdin, &info.stdin_url()).await?;
+    bind(&mut stdin, &endpoints.stdin).await?;
     let mut iopub = PubSocket::new();
-    bind(&mut iopub, &info.iopub_url()).await?;
+    bind(&mut iopub, &endpoints.iopub).await?;
     let mut hb = RouterSocket::new();
-    bind(&mut hb, &info.hb_url()).await?;
+    bind(&mut hb, &endpoints.hb).await?;
     tracing::info!(shell = %info.shell_url(), "Safe Data kernel listening");
 
     let (jobs_tx, jobs_rx) = std_mpsc::channel::<Job>();
@@ -180,7 +181,62 @@ pub async fn run(connection_file: &std::path::Path, catalog: Arc<Catalog>) -> Re
     let _ = shutdown_rx.wait_for(|done| *done).await;
     // Let the socket tasks flush the shutdown reply.
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    endpoints.close();
     Ok(())
+}
+
+/// Where the zeromq sockets bind. On TCP, they bind private Unix sockets in
+/// a directory only this user can enter, and the public ports are served by
+/// the [`crate::frame_guard`], which refuses oversized frames before zeromq
+/// would reserve memory for them. On IPC, the client's paths are used as is
+/// (they are files the user's permissions already protect).
+struct Endpoints {
+    shell: String,
+    control: String,
+    stdin: String,
+    iopub: String,
+    hb: String,
+    private_dir: Option<std::path::PathBuf>,
+}
+
+impl Endpoints {
+    async fn open(info: &jupyter_protocol::ConnectionInfo, max_message: u64) -> Result<Endpoints, KernelError> {
+        if info.transport.to_string() != "tcp" {
+            return Ok(Endpoints {
+                shell: info.shell_url(),
+                control: info.control_url(),
+                stdin: info.stdin_url(),
+                iopub: info.iopub_url(),
+                hb: info.hb_url(),
+                private_dir: None,
+            });
+        }
+        let dir = std::env::temp_dir().join(format!("safe-data-{}", uuid::Uuid::new_v4().simple()));
+        let made = {
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new().mode(0o700).create(&dir)
+        };
+        made.map_err(|e| KernelError::Bind { endpoint: dir.display().to_string(), message: e.to_string() })?;
+        let mut inner = Vec::new();
+        for (name, port) in [("shell", info.shell_port), ("control", info.control_port), ("stdin", info.stdin_port), ("iopub", info.iopub_port), ("hb", info.hb_port)] {
+            let public = format!("{}:{port}", info.ip);
+            let listener = tokio::net::TcpListener::bind(&public)
+                .await
+                .map_err(|e| KernelError::Bind { endpoint: format!("tcp://{public}"), message: e.to_string() })?;
+            let path = dir.join(name);
+            tokio::spawn(crate::frame_guard::serve(listener, path.clone(), max_message));
+            inner.push(format!("ipc://{}", path.display()));
+        }
+        let mut inner = inner.into_iter();
+        let mut next = || inner.next().unwrap_or_default();
+        Ok(Endpoints { shell: next(), control: next(), stdin: next(), iopub: next(), hb: next(), private_dir: Some(dir) })
+    }
+
+    fn close(&self) {
+        if let Some(dir) = &self.private_dir {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
 }
 
 /// SIGINT interrupts the running query (jupyter_client sends one before

@@ -3,6 +3,7 @@
 //! through them.
 
 pub mod demo;
+pub mod frame_guard;
 pub mod history;
 pub mod install;
 pub mod kernel;

@@ -112,7 +112,9 @@ impl Message {
         }
         Ok(Message {
             identities: frames[..split].to_vec(),
-            signature: rest[0].clone(),
+            // A copy: a slice would keep zeromq's whole receive buffer alive
+            // for as long as the replay guard remembers the signature.
+            signature: Bytes::copy_from_slice(&rest[0]),
             header,
             parent_header: parse(&rest[2], "parent_header")?,
             metadata: parse(&rest[3], "metadata")?,

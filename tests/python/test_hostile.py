@@ -1,0 +1,1191 @@
+"""Hostile protocol input, driven with raw pyzmq sockets.
+
+For every kind of bad input the kernel must log it and drop it (no reply, no
+iopub message) or answer it with the documented error, and it must never
+crash nor stall the other clients. Each test starts its own kernel from a
+connection file written here (so the test chooses the key and the
+environment), attaches a well-behaved ``jupyter_client`` client, the "good
+client", then plays the hostile peer on raw DEALER/SUB/TCP sockets. After the
+hostile input the good client must still get a ``kernel_info_reply`` and the
+``execute_reply``, result and ``idle`` of ``SELECT COUNT(*) FROM regions``
+within a few seconds (`assert_serves`).
+
+Expected behaviour (the protocol issue):
+
+- bad or missing signature, truncated frames (fewer than 5 after
+  ``<IDS|MSG>``, no delimiter), invalid UTF-8 or JSON, non-object JSON, a
+  header without ``msg_type``/``msg_id``: dropped, no reply;
+- a signed message re-sent byte for byte: dropped the second time (only when
+  a key is set: unsigned messages cannot be told apart);
+- a message over the size cap (``[server] max_message_mb``, or
+  ``SAFE_DATA_MAX_MESSAGE_BYTES`` in the kernel's environment): dropped;
+  handled messages are not kept (memory comes back after large ones);
+- an unknown ``foo_request`` → ``foo_reply`` with status ``error`` and ename
+  ``UnknownMessageType``; an unknown type that is not a request: ignored;
+- ``execute_request`` on control → ``execute_reply`` error ``WrongChannel``;
+  anything on stdin: ignored;
+- floods of garbage, connection churn, raw TCP garbage, and peers that never
+  read (iopub, shell, heartbeat) must not stall the good client;
+- odd but well-formed requests (wrong types, extreme numbers, deep nesting)
+  are answered, never a crash.
+
+A ZMTP frame that claims a huge length aborts the kernel before any check of
+ours (zeromq 0.7 reserves the claimed size): an expected failure, the known
+limit of ARCHITECTURE.md.
+
+Every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import random
+import re
+import signal
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from queue import Empty
+from typing import Any
+
+import pytest
+import zmq
+from jupyter_client.blocking import BlockingKernelClient
+from jupyter_client.connect import write_connection_file
+
+STARTUP_TIMEOUT_S = 60
+# "Within a few seconds": the bound on the good client after hostile input.
+HEALTHY_WITHIN_S = 5.0
+# How long a dropped message is given to (wrongly) produce an answer.
+SILENCE_S = 1.0
+# After a probe's reply proved the hostile message was handled, the wait for anything late.
+LATE_S = 0.5
+# The bound on a reply the hostile peer is owed.
+REPLY_TIMEOUT_S = 10.0
+
+GOOD_QUERY = "SELECT COUNT(*) FROM regions;"
+REGIONS = 5  # rows of the demo's public regions table
+
+DELIM = b"<IDS|MSG>"
+KEY = uuid.uuid4().hex.encode()
+
+
+# --------------------------------------------------------------------------
+# messages
+
+
+def sign(key: bytes, parts: list[bytes]) -> bytes:
+    """The hex HMAC-SHA256 of the four JSON frames (empty without a key)."""
+    if not key:
+        return b""
+    mac = hmac.new(key, digestmod=hashlib.sha256)
+    for p in parts:
+        mac.update(p)
+    return mac.hexdigest().encode()
+
+
+def new_header(msg_type: Any, **extra: Any) -> dict[str, Any]:
+    header = {
+        "msg_id": uuid.uuid4().hex,
+        "session": "hostile-session",
+        "username": "mallory",
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S.000000Z", time.gmtime()),
+        "msg_type": msg_type,
+        "version": "5.3",
+    }
+    header.update(extra)
+    return header
+
+
+def dumps(value: Any) -> bytes:
+    return json.dumps(value).encode()
+
+
+def signed(key: bytes, parts: list[bytes], buffers: tuple[bytes, ...] = ()) -> list[bytes]:
+    """`[<IDS|MSG>, signature, header, parent, metadata, content, buffers...]` for four raw JSON frames."""
+    return [DELIM, sign(key, parts), *parts, *buffers]
+
+
+def message(key: bytes, msg_type: str, content: Any = None, **header_extra: Any) -> tuple[str, list[bytes]]:
+    """A correctly signed message: its msg_id and its frames."""
+    header = new_header(msg_type, **header_extra)
+    parts = [dumps(header), b"{}", b"{}", dumps({} if content is None else content)]
+    return header["msg_id"], signed(key, parts)
+
+
+def execute_content(code: str, **over: Any) -> dict[str, Any]:
+    content = {"code": code, "silent": False, "store_history": False, "user_expressions": {},
+               "allow_stdin": False, "stop_on_error": False}
+    content.update(over)
+    return content
+
+
+def parse_reply(frames: list[bytes]) -> dict[str, Any]:
+    """Decodes a message the kernel sent to a DEALER (no identity frames left)."""
+    i = frames.index(DELIM)
+    header, parent, _metadata, content = (json.loads(f) for f in frames[i + 2 : i + 6])
+    return {"header": header, "parent_header": parent, "content": content, "msg_type": header["msg_type"],
+            "signature": frames[i + 1], "parts": frames[i + 2 : i + 6]}
+
+
+# --------------------------------------------------------------------------
+# the kernel under attack
+
+
+@dataclass
+class Kernel:
+    proc: subprocess.Popen
+    info: dict[str, Any]
+    key: bytes
+    kc: BlockingKernelClient
+    log: Path
+    ctx: zmq.Context = field(default_factory=zmq.Context)
+    sockets: list[Any] = field(default_factory=list)
+    # msg_ids the good client sent: iopub messages with another parent came from a hostile peer.
+    good_ids: set[str] = field(default_factory=set)
+    executions: int = 0
+
+    def url(self, channel: str) -> str:
+        return f"tcp://{self.info['ip']}:{self.info[channel + '_port']}"
+
+    def socket(self, kind: int, channel: str, **options: int) -> zmq.Socket:
+        s = self.ctx.socket(kind)
+        s.linger = 0
+        for name, value in options.items():
+            s.setsockopt(getattr(zmq, name.upper()), value)
+        s.connect(self.url(channel))
+        self.sockets.append(s)
+        return s
+
+    def dealer(self, channel: str, **options: int) -> zmq.Socket:
+        return self.socket(zmq.DEALER, channel, **options)
+
+    def tcp(self, channel: str) -> socket.socket:
+        s = socket.create_connection((self.info["ip"], self.info[channel + "_port"]), timeout=5)
+        self.sockets.append(s)
+        return s
+
+    def message(self, msg_type: str, content: Any = None, **header_extra: Any) -> tuple[str, list[bytes]]:
+        return message(self.key, msg_type, content, **header_extra)
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            text = self.log.read_text(errors="replace").splitlines()
+        except OSError:
+            return "(no kernel log)"
+        return "kernel log (last lines):\n" + "\n".join(text[-lines:])
+
+    def close(self) -> None:
+        try:
+            self.kc.stop_channels()
+        except Exception:  # noqa: BLE001 - tear-down must go on
+            pass
+        for s in self.sockets:
+            try:
+                s.close(linger=0) if isinstance(s, zmq.Socket) else s.close()
+            except Exception:  # noqa: BLE001
+                pass
+        self.ctx.destroy(linger=0)
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+
+
+def safe_data_binary(repo_root: Path) -> Path:
+    return Path(os.environ.get("SAFE_DATA_BIN", repo_root / "target" / "debug" / "safe-data")).resolve()
+
+
+def demo_config_copy(demo_config: Path, path: Path, state_dir: Path, server_lines: str = "") -> Path:
+    """The demo configuration at `path`, its sources made absolute, with its own state folder
+    (hostile input lands in the audit log and the history: keep it out of the other suites' state)
+    and `server_lines` added to `[server]` (replacing settings of the same name)."""
+    text = demo_config.read_text()
+    base = demo_config.parent
+    text = re.sub(r'^(\s*source\s*=\s*")(?!/)', lambda m: m.group(1) + str(base) + "/", text, flags=re.M)
+    text = re.sub(r'^\s*state_dir\s*=.*$', lambda m: f"state_dir = {json.dumps(str(state_dir))}", text,
+                  count=1, flags=re.M)
+    for line in server_lines.splitlines():
+        name = line.split("=")[0].strip()
+        text = re.sub(rf"^\s*{re.escape(name)}\s*=.*$", "", text, flags=re.M)
+    text = text.replace("[server]\n", "[server]\n" + server_lines, 1)
+    path.write_text(text)
+    return path
+
+
+@pytest.fixture(scope="session")
+def hostile_config(demo_config: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    work = tmp_path_factory.mktemp("hostile")
+    return demo_config_copy(demo_config, work / "hostile.toml", work / "state")
+
+
+def launch(binary: Path, config: Path, workdir: Path, key: bytes = KEY, env: dict[str, str] | None = None) -> Kernel:
+    """Starts `safe-data kernel` on a connection file written here and attaches the good client."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    n = len(list(workdir.glob("kernel-*.json")))
+    conn, info = write_connection_file(str(workdir / f"kernel-{n}.json"), ip="127.0.0.1", key=key,
+                                       transport="tcp", signature_scheme="hmac-sha256")
+    log = workdir / f"kernel-{n}.log"
+    environment = {k: v for k, v in os.environ.items() if k != "SAFE_DATA_MAX_MESSAGE_BYTES"}
+    environment.update(env or {})
+    with log.open("wb") as out:  # a file, not a pipe nobody reads: the kernel's logging must not block
+        proc = subprocess.Popen(
+            [str(binary), "kernel", "--connection-file", conn, "--config", str(config)],
+            stdin=subprocess.DEVNULL, stdout=out, stderr=out, env=environment,
+        )
+    kc = BlockingKernelClient()
+    kc.load_connection_info(info)
+    kernel = Kernel(proc=proc, info=dict(info), key=key, kc=kc, log=log)
+    # No heartbeat channel: without a kernel manager, jupyter_client takes a first ping answered later
+    # than 1 s (a slow start on a busy machine) for a dead kernel. The heartbeat is tested on its own.
+    kc.start_channels(hb=False)
+    try:
+        kc.wait_for_ready(timeout=STARTUP_TIMEOUT_S)
+    except RuntimeError as e:
+        kernel.close()
+        raise AssertionError(f"the kernel did not become ready: {e}\n{kernel.log_tail()}") from e
+    return kernel
+
+
+@pytest.fixture
+def start_kernel(repo_root: Path, hostile_config: Path, tmp_path: Path) -> Iterator[Callable[..., Kernel]]:
+    """Starts kernels (the key, environment and config are the caller's); stops them all afterwards."""
+    started: list[Kernel] = []
+
+    def start(key: bytes = KEY, env: dict[str, str] | None = None, config: Path | None = None) -> Kernel:
+        kernel = launch(safe_data_binary(repo_root), config or hostile_config, tmp_path, key, env)
+        started.append(kernel)
+        return kernel
+
+    yield start
+    for kernel in started:
+        kernel.close()
+
+
+@pytest.fixture
+def kernel(start_kernel: Callable[..., Kernel]) -> Kernel:
+    k = start_kernel()
+    assert_serves(k)
+    return k
+
+
+@pytest.fixture(scope="module")
+def _shared() -> Iterator[list[Kernel]]:
+    holder: list[Kernel] = []
+    yield holder
+    for k in holder:
+        k.close()
+
+
+@pytest.fixture
+def shared_kernel(_shared: list[Kernel], repo_root: Path, hostile_config: Path,
+                  tmp_path_factory: pytest.TempPathFactory) -> Kernel:
+    """One kernel for the many small cases of a parametrized test; replaced when a case killed it
+    (that case fails, the next ones get a fresh kernel)."""
+    if _shared and _shared[-1].proc.poll() is not None:
+        _shared.pop().close()
+    if not _shared:
+        _shared.append(launch(safe_data_binary(repo_root), hostile_config, tmp_path_factory.mktemp("shared")))
+    k = _shared[-1]
+    try:
+        assert_serves(k, within=REPLY_TIMEOUT_S)
+    except AssertionError:
+        _shared.pop().close()
+        _shared.append(launch(safe_data_binary(repo_root), hostile_config, tmp_path_factory.mktemp("shared")))
+        k = _shared[-1]
+        assert_serves(k)
+    return k
+
+
+# --------------------------------------------------------------------------
+# the good client
+
+
+def _shell_reply(k: Kernel, msg_id: str, deadline: float, what: str) -> dict[str, Any]:
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            alive = "alive" if k.proc.poll() is None else f"exited with {k.proc.returncode}"
+            raise AssertionError(f"the good client got no {what} in time (kernel {alive})\n{k.log_tail()}")
+        try:
+            msg = k.kc.get_shell_msg(timeout=remaining)
+        except Empty:
+            continue
+        if msg["parent_header"].get("msg_id") == msg_id:
+            return msg
+
+
+def _iopub_until_idle(k: Kernel, msg_id: str, deadline: float) -> list[dict[str, Any]]:
+    msgs: list[dict[str, Any]] = []
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise AssertionError(
+                f"the good client got no idle status in time; got {[m['msg_type'] for m in msgs]}\n{k.log_tail()}"
+            )
+        try:
+            msg = k.kc.get_iopub_msg(timeout=remaining)
+        except Empty:
+            continue
+        if msg["parent_header"].get("msg_id") != msg_id:
+            continue
+        msgs.append(msg)
+        if msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
+            return msgs
+
+
+def good_execute(k: Kernel, code: str, deadline: float, **kwargs: Any) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    msg_id = k.kc.execute(code, **kwargs)
+    k.good_ids.add(msg_id)
+    reply = _shell_reply(k, msg_id, deadline, f"execute_reply to {code[:60]!r}")
+    return reply, _iopub_until_idle(k, msg_id, deadline)
+
+
+def assert_serves(k: Kernel, within: float = HEALTHY_WITHIN_S, count: int | None = None) -> float:
+    """The kernel is alive and the good client gets kernel_info and a query answered within `within` s.
+
+    `count`: the execution_count the good client's execution must have (it tells whether a hostile
+    execute_request was run). Returns the seconds it took.
+    """
+    assert k.proc.poll() is None, f"the kernel exited with {k.proc.returncode}\n{k.log_tail()}"
+    started = time.monotonic()
+    deadline = started + within
+    msg_id = k.kc.kernel_info()
+    k.good_ids.add(msg_id)
+    reply = _shell_reply(k, msg_id, deadline, "kernel_info_reply")
+    assert reply["msg_type"] == "kernel_info_reply" and reply["content"]["status"] == "ok", reply["content"]
+    reply, msgs = good_execute(k, GOOD_QUERY, deadline, store_history=True)
+    assert reply["content"]["status"] == "ok", reply["content"]
+    k.executions = reply["content"]["execution_count"]
+    if count is not None:
+        assert k.executions == count, (
+            f"execution_count {k.executions}, expected {count}: "
+            "a hostile execute_request was run (or a good one was not)"
+        )
+    results = [m for m in msgs if m["msg_type"] == "execute_result"]
+    assert len(results) == 1, [m["msg_type"] for m in msgs]
+    rows = results[0]["content"]["data"]["application/vnd.dataresource+json"]["data"]
+    assert [list(r.values()) for r in rows] == [[REGIONS]], rows
+    assert k.proc.poll() is None, f"the kernel exited with {k.proc.returncode}\n{k.log_tail()}"
+    return time.monotonic() - started
+
+
+def hostile_iopub(k: Kernel, window: float) -> list[dict[str, Any]]:
+    """The iopub messages the good client sees within `window` s that a hostile peer caused
+    (a parent that is not one of the good client's requests; iopub_welcome aside)."""
+    deadline = time.monotonic() + window
+    found = []
+    while (remaining := deadline - time.monotonic()) > 0:
+        try:
+            msg = k.kc.get_iopub_msg(timeout=remaining)
+        except Empty:
+            break
+        parent = msg["parent_header"].get("msg_id")
+        if parent and parent not in k.good_ids and msg["msg_type"] != "iopub_welcome":
+            found.append(msg)
+    return found
+
+
+# --------------------------------------------------------------------------
+# the hostile peer
+
+
+def recv_all(sock: zmq.Socket, window: float) -> list[list[bytes]]:
+    """Everything `sock` receives within `window` s."""
+    got = []
+    deadline = time.monotonic() + window
+    while (remaining := deadline - time.monotonic()) > 0:
+        if sock.poll(max(1, int(remaining * 1000))):
+            got.append(sock.recv_multipart())
+    return got
+
+
+def describe(frames_list: list[list[bytes]]) -> list[str]:
+    out = []
+    for frames in frames_list:
+        try:
+            m = parse_reply(frames)
+            out.append(f"{m['msg_type']} {json.dumps(m['content'])[:200]}")
+        except Exception:  # noqa: BLE001 - describing garbage
+            out.append(repr(frames)[:200])
+    return out
+
+
+def recv_reply(k: Kernel, sock: zmq.Socket, msg_id: str, timeout: float = REPLY_TIMEOUT_S) -> dict[str, Any]:
+    """The reply to `msg_id` on `sock`; fails on any other message."""
+    deadline = time.monotonic() + timeout
+    while (remaining := deadline - time.monotonic()) > 0:
+        if not sock.poll(max(1, int(remaining * 1000))):
+            break
+        msg = parse_reply(sock.recv_multipart())
+        assert msg["parent_header"].get("msg_id") == msg_id, f"unexpected {msg['msg_type']} {msg['content']}"
+        return msg
+    raise AssertionError(f"no reply to {msg_id} within {timeout} s\n{k.log_tail()}")
+
+
+def await_idle(k: Kernel, msg_id: str, timeout: float = REPLY_TIMEOUT_S) -> list[dict[str, Any]]:
+    """Reads the good client's iopub up to the idle status of `msg_id` (a raw request that is answered),
+    so later checks do not take its messages for a leak."""
+    return _iopub_until_idle(k, msg_id, time.monotonic() + timeout)
+
+
+def assert_dropped(k: Kernel, sock: zmq.Socket, channel: str, msg_id: str | None = None,
+                   allow_status: bool = False) -> None:
+    """What was just sent on `sock` got no answer: none on `sock`, and no iopub message.
+
+    On shell and control a correctly signed probe follows on the same socket: the kernel reads a
+    peer's messages in order, so when the probe's reply arrives the hostile message was handled.
+    Then SILENCE_S more for anything late. `msg_id`: only iopub messages with this parent count
+    (the test sent answered requests before); `allow_status`: busy/idle around it are allowed.
+    """
+    if channel in ("shell", "control"):
+        probe_id, probe = k.message("kernel_info_request")
+        k.good_ids.add(probe_id)
+        sock.send_multipart(probe)
+        deadline = time.monotonic() + REPLY_TIMEOUT_S
+        while True:
+            remaining = deadline - time.monotonic()
+            assert remaining > 0, f"no reply to the probe sent after the hostile message\n{k.log_tail()}"
+            if not sock.poll(max(1, int(remaining * 1000))):
+                continue
+            frames = sock.recv_multipart()
+            msg = parse_reply(frames)
+            if msg["parent_header"].get("msg_id") == probe_id:
+                break
+            raise AssertionError(f"a dropped message got an answer: {describe([frames])}")
+    late = recv_all(sock, LATE_S if channel in ("shell", "control") else SILENCE_S)
+    assert late == [], f"a dropped message got an answer: {describe(late)}"
+    leaked = hostile_iopub(k, 0.2)
+    if msg_id is not None:
+        leaked = [m for m in leaked if m["parent_header"].get("msg_id") == msg_id]
+    if allow_status:
+        leaked = [m for m in leaked if m["msg_type"] != "status"]
+    assert leaked == [], f"a dropped message caused iopub messages: {[m['msg_type'] for m in leaked]}"
+
+
+def assert_oversized_refused(k: Kernel, sock: zmq.Socket, msg_id: str | None = None) -> None:
+    """An oversized message got no answer. Over TCP the kernel's frame guard closes the connection
+    that sent it (as libzmq's ZMQ_MAXMSGSIZE does), so a probe on that socket may be lost with the
+    connection: nothing may come back on it, no iopub message may name it, and a new client is served."""
+    late = recv_all(sock, SILENCE_S)
+    assert late == [], f"an oversized message got an answer: {describe(late)}"
+    leaked = hostile_iopub(k, 0.2)
+    if msg_id is not None:
+        leaked = [m for m in leaked if m["parent_header"].get("msg_id") == msg_id]
+    assert leaked == [], f"an oversized message caused iopub messages: {[m['msg_type'] for m in leaked]}"
+    assert_serves(k)
+
+
+# --------------------------------------------------------------------------
+# malformed messages: dropped, no reply
+
+
+def _valid_parts(key: bytes, msg_type: str = "kernel_info_request") -> list[bytes]:
+    return [dumps(new_header(msg_type)), b"{}", b"{}", b"{}"]
+
+
+def _with_frame(key: bytes, index: int, raw: bytes, msg_type: str = "kernel_info_request") -> list[bytes]:
+    """A correctly signed message whose JSON frame `index` (0 header .. 3 content) is `raw`."""
+    parts = _valid_parts(key, msg_type)
+    parts[index] = raw
+    return signed(key, parts)
+
+
+def _truncated(key: bytes, keep: int) -> list[bytes]:
+    full = signed(key, _valid_parts(key))
+    return full[: 1 + keep]  # the delimiter and `keep` of the 5 frames after it
+
+
+def _no_delimiter(key: bytes) -> list[bytes]:
+    return signed(key, _valid_parts(key))[1:]
+
+
+def _header_without(key: bytes, name: str) -> list[bytes]:
+    header = new_header("kernel_info_request")
+    del header[name]
+    return signed(key, [dumps(header), b"{}", b"{}", b"{}"])
+
+
+def _header_with(key: bytes, **fields: Any) -> list[bytes]:
+    header = new_header("kernel_info_request")
+    header.update(fields)
+    return signed(key, [dumps(header), b"{}", b"{}", b"{}"])
+
+
+def _resigned(key: bytes, change: Callable[[bytes], bytes]) -> list[bytes]:
+    frames = signed(key, _valid_parts(key))
+    frames[1] = change(frames[1])
+    return frames
+
+
+NESTED = 100_000  # far past serde_json's recursion limit: must be an error, not a stack overflow
+
+MALFORMED: dict[str, Callable[[bytes], list[bytes]]] = {
+    # signatures
+    "wrong_key": lambda key: signed(b"not-the-key", _valid_parts(key)),
+    "empty_signature": lambda key: [DELIM, b"", *_valid_parts(key)],
+    "no_signature_frame": lambda key: [DELIM, *_valid_parts(key)],
+    "signature_not_hex": lambda key: _resigned(key, lambda s: b"z" * len(s)),
+    "signature_uppercase": lambda key: _resigned(key, bytes.upper),
+    "signature_with_newline": lambda key: _resigned(key, lambda s: s + b"\n"),
+    "signature_truncated": lambda key: _resigned(key, lambda s: s[:-2]),
+    "signature_huge": lambda key: _resigned(key, lambda s: s * 4096),
+    "signature_of_other_frames": lambda key: [DELIM, sign(key, _valid_parts(key)), *_valid_parts(key)],
+    # framing
+    "truncated_0": lambda key: _truncated(key, 0),
+    "truncated_1": lambda key: _truncated(key, 1),
+    "truncated_2": lambda key: _truncated(key, 2),
+    "truncated_3": lambda key: _truncated(key, 3),
+    "truncated_4": lambda key: _truncated(key, 4),
+    "no_delimiter": _no_delimiter,
+    "misspelled_delimiter": lambda key: [b"<IDS|MSG >", *signed(key, _valid_parts(key))[1:]],
+    "single_empty_frame": lambda key: [b""],
+    "single_garbage_frame": lambda key: [os.urandom(64)],
+    "only_delimiters": lambda key: [DELIM] * 6,
+    # invalid UTF-8 and JSON, correctly signed
+    "header_invalid_utf8": lambda key: _with_frame(key, 0, b'{"msg_type": "kernel_info_request\xff\xfe"}'),
+    "parent_invalid_utf8": lambda key: _with_frame(key, 1, b"\xff\xfe\xfd"),
+    "metadata_invalid_utf8": lambda key: _with_frame(key, 2, b'{"a": "\xc3\x28"}'),
+    "content_invalid_utf8": lambda key: _with_frame(key, 3, b'{"code": "\xed\xa0\x80"}', "execute_request"),
+    "header_not_json": lambda key: _with_frame(key, 0, b"{not json"),
+    "content_not_json": lambda key: _with_frame(key, 3, b'{"code": "SELECT 1;"', "execute_request"),
+    "content_trailing_garbage": lambda key: _with_frame(key, 3, b'{"code": "SELECT 1;"} x', "execute_request"),
+    "content_nan": lambda key: _with_frame(key, 3, b'{"cursor_pos": NaN}', "complete_request"),
+    "content_empty_frame": lambda key: _with_frame(key, 3, b"", "execute_request"),
+    "content_deeply_nested_arrays": lambda key: _with_frame(key, 3, b"[" * NESTED + b"]" * NESTED, "execute_request"),
+    "content_deeply_nested_objects": lambda key: _with_frame(
+        key, 3, b'{"a":' * NESTED + b"1" + b"}" * NESTED, "execute_request"),
+    "header_deeply_nested": lambda key: _with_frame(key, 0, b'{"msg_type":' * NESTED + b"1" + b"}" * NESTED),
+    # JSON that is not an object
+    "header_array": lambda key: _with_frame(key, 0, b'["kernel_info_request"]'),
+    "header_string": lambda key: _with_frame(key, 0, b'"kernel_info_request"'),
+    "header_number": lambda key: _with_frame(key, 0, b"42"),
+    "header_null": lambda key: _with_frame(key, 0, b"null"),
+    "parent_array": lambda key: _with_frame(key, 1, b"[]"),
+    "metadata_string": lambda key: _with_frame(key, 2, b'"x"'),
+    "content_array": lambda key: _with_frame(key, 3, b'["SELECT 1;"]', "execute_request"),
+    "content_null": lambda key: _with_frame(key, 3, b"null", "execute_request"),
+    # headers without what identifies a message
+    "header_without_msg_type": lambda key: _header_without(key, "msg_type"),
+    "header_without_msg_id": lambda key: _header_without(key, "msg_id"),
+    "header_msg_type_number": lambda key: _header_with(key, msg_type=5),
+    "header_msg_type_null": lambda key: _header_with(key, msg_type=None),
+    "header_msg_id_number": lambda key: _header_with(key, msg_id=12345),
+    "header_msg_id_object": lambda key: _header_with(key, msg_id={"a": 1}),
+    "header_empty_object": lambda key: _with_frame(key, 0, b"{}"),
+}
+
+
+@pytest.mark.parametrize("channel", ["shell", "control"])
+@pytest.mark.parametrize("case", sorted(MALFORMED))
+def test_malformed_message_is_dropped(shared_kernel, case, channel):
+    k = shared_kernel
+    sock = k.dealer(channel)
+    sock.send_multipart(MALFORMED[case](k.key))
+    assert_dropped(k, sock, channel)
+    assert_serves(k, count=k.executions + 1)  # nothing was executed but the good client's queries
+
+
+def test_forged_execute_is_not_run(kernel):
+    sock = kernel.dealer("shell")
+    header = new_header("execute_request")
+    parts = [dumps(header), b"{}", b"{}", dumps(execute_content("SELECT 1;", store_history=True))]
+    sock.send_multipart(signed(b"wrong key", parts))
+    assert_dropped(kernel, sock, "shell", header["msg_id"])
+    assert_serves(kernel, count=2)
+
+
+def test_forged_shutdown_on_control_is_ignored(kernel):
+    sock = kernel.dealer("control")
+    header = new_header("shutdown_request")
+    sock.send_multipart(signed(b"wrong key", [dumps(header), b"{}", b"{}", dumps({"restart": False})]))
+    assert_dropped(kernel, sock, "control", header["msg_id"])
+    time.sleep(0.5)
+    assert_serves(kernel)
+
+
+def test_unsigned_message_to_a_keyed_kernel_is_dropped(kernel):
+    sock = kernel.dealer("shell")
+    msg_id, frames = message(b"", "execute_request", execute_content("SELECT 1;", store_history=True))
+    assert frames[1] == b""
+    sock.send_multipart(frames)
+    assert_dropped(kernel, sock, "shell", msg_id)
+    assert_serves(kernel, count=2)
+
+
+def test_malformed_on_stdin_is_dropped(kernel):
+    sock = kernel.dealer("stdin")
+    for case in sorted(MALFORMED):
+        sock.send_multipart(MALFORMED[case](kernel.key))
+    assert_dropped(kernel, sock, "stdin")
+    assert_serves(kernel, count=2)
+
+
+# --------------------------------------------------------------------------
+# odd but well-formed messages: answered (any status), never a crash
+
+
+HUGE = 10**30  # a JSON number no integer type holds
+DEEP = 50_000
+
+ODD_REQUESTS: dict[str, tuple[str, Any]] = {
+    "execute_code_number": ("execute_request", {"code": 5, "silent": "yes", "store_history": [],
+                                                "stop_on_error": "no", "user_expressions": 3}),
+    "execute_no_content": ("execute_request", {}),
+    "execute_nul": ("execute_request", execute_content("SELECT 1;\x00 SELECT 2;")),
+    "complete_cursor_huge": ("complete_request", {"code": "SELECT * FROM pat", "cursor_pos": HUGE}),
+    "complete_cursor_u64_max": ("complete_request", {"code": "SELECT é FROM pat", "cursor_pos": 2**64 - 1}),
+    "complete_cursor_negative": ("complete_request", {"code": "SELECT * FROM pat", "cursor_pos": -5}),
+    "complete_cursor_string": ("complete_request", {"code": "SELECT * FROM pat", "cursor_pos": "4"}),
+    "complete_multibyte": ("complete_request", {"code": "SELECT 'ééé😀', * FROM pat", "cursor_pos": 11}),
+    "complete_code_null": ("complete_request", {"code": None, "cursor_pos": 3}),
+    "inspect_cursor_huge": ("inspect_request", {"code": "patients", "cursor_pos": HUGE, "detail_level": 9}),
+    "inspect_code_list": ("inspect_request", {"code": ["patients"], "cursor_pos": 0}),
+    "is_complete_code_object": ("is_complete_request", {"code": {"a": 1}}),
+    "is_complete_open_quote": ("is_complete_request", {"code": "SELECT '" + "(" * 10000}),
+    # Deep or long expressions: a parser or binder that recurses must stop with an error, not
+    # overflow a stack (complete/inspect/is_complete run on the socket tasks' small stacks).
+    "is_complete_deep_parens": ("is_complete_request", {"code": "SELECT " + "(" * DEEP + "1" + ")" * DEEP}),
+    "complete_deep_parens": ("complete_request", {"code": "SELECT " + "(" * DEEP + "a", "cursor_pos": DEEP + 8}),
+    "inspect_deep_parens": ("inspect_request", {"code": "SELECT " + "(" * DEEP + "age", "cursor_pos": DEEP + 9}),
+    "complete_long_sum": ("complete_request", {"code": "SELECT " + "+".join(["1"] * DEEP) + " FROM pat",
+                                               "cursor_pos": 2 * DEEP + 15}),
+    "execute_deep_parens": ("execute_request", execute_content("SELECT " + "(" * DEEP + "1" + ")" * DEEP + ";")),
+    "execute_long_sum": ("execute_request", execute_content("SELECT " + "+".join(["1"] * DEEP) + ";")),
+    "execute_long_and": ("execute_request", execute_content(
+        "SELECT COUNT(*) FROM regions WHERE " + " AND ".join(["beds > 0"] * DEEP) + ";")),
+    "execute_deep_not": ("execute_request", execute_content("SELECT " + "NOT " * DEEP + "TRUE;")),
+    "execute_deep_subqueries": ("execute_request", execute_content(
+        "SELECT * FROM " + "(SELECT * FROM " * 2000 + "regions" + ") s" * 2000 + ";")),
+    "execute_many_statements": ("execute_request", execute_content("SELECT 1;" * 1000)),
+    "history_tail_huge": ("history_request", {"hist_access_type": "tail", "n": 2**64 - 1, "output": True}),
+    "history_tail_negative": ("history_request", {"hist_access_type": "tail", "n": -1}),
+    "history_range_extremes": ("history_request", {"hist_access_type": "range", "session": -(2**63),
+                                                   "start": 2**64 - 1, "stop": 0}),
+    "history_range_min_session": ("history_request", {"hist_access_type": "range", "session": 2**63 - 1,
+                                                      "start": 0, "stop": 2**64 - 1}),
+    "history_search_stars": ("history_request", {"hist_access_type": "search", "pattern": "*?" * 5000,
+                                                 "n": 2**64 - 1, "unique": "yes"}),
+    "history_unknown_access": ("history_request", {"hist_access_type": "nope"}),
+    "kernel_info_with_buffers": ("kernel_info_request", {}),
+    "comm_info_target_number": ("comm_info_request", {"target_name": 7}),
+    "long_unknown_request": ("x" * 100_000 + "_request", {}),
+    "bare_request_suffix": ("_request", {}),
+}
+
+
+@pytest.mark.parametrize("case", sorted(ODD_REQUESTS))
+def test_odd_request_is_answered(shared_kernel, case):
+    kernel = shared_kernel
+    msg_type, content = ODD_REQUESTS[case]
+    sock = kernel.dealer("shell")
+    header = new_header(msg_type)
+    parts = [dumps(header), b"{}", b"{}", dumps(content)]
+    buffers = (b"\x00" * 100, b"", os.urandom(1000)) if case == "kernel_info_with_buffers" else ()
+    sock.send_multipart(signed(kernel.key, parts, buffers))
+    reply = recv_reply(kernel, sock, header["msg_id"], timeout=60)
+    assert reply["msg_type"] == msg_type[: -len("_request")] + "_reply"
+    statuses = ("complete", "incomplete", "invalid", "unknown") if msg_type == "is_complete_request" else (
+        "ok", "error", "aborted")
+    assert reply["content"]["status"] in statuses, reply["content"]
+    assert_serves(kernel)
+
+
+def test_lone_surrogate_is_dropped_or_answered(kernel):
+    """`\\ud800` is well-formed JSON text but no Unicode: either outcome is fine, a crash is not."""
+    sock = kernel.dealer("shell")
+    header = new_header("execute_request")
+    content = json.dumps(execute_content("SELECT '\ud800' AS s;")).encode()
+    assert b"\\ud800" in content
+    sock.send_multipart(signed(kernel.key, [dumps(header), b"{}", b"{}", content]))
+    got = recv_all(sock, 3.0)
+    assert len(got) <= 1, describe(got)
+    if got:
+        assert parse_reply(got[0])["msg_type"] == "execute_reply"
+    assert_serves(kernel)
+
+
+def test_routing_prefix_is_echoed(kernel):
+    """Frames before the delimiter are routing identities: the reply carries them back."""
+    sock = kernel.dealer("shell")
+    msg_id, frames = kernel.message("kernel_info_request")
+    prefix = [f"hop-{i}".encode() for i in range(100)] + [b"", os.urandom(300)]
+    sock.send_multipart(prefix + frames)
+    got = recv_all(sock, 3.0)
+    assert len(got) == 1, describe(got)
+    assert got[0][: len(prefix)] == prefix
+    assert parse_reply(got[0])["parent_header"]["msg_id"] == msg_id
+    assert_serves(kernel)
+
+
+def test_odd_comm_messages_are_harmless(kernel):
+    sock = kernel.dealer("shell")
+    for msg_type, content in [("comm_open", {}), ("comm_open", {"comm_id": [1], "target_name": None}),
+                              ("comm_msg", {"comm_id": "nope", "data": "x" * 10000}), ("comm_close", [])]:
+        _, frames = kernel.message(msg_type, content)
+        sock.send_multipart(frames)
+    # No shell reply to comm messages (the kernel closes an opened comm on iopub).
+    probe_id, probe = kernel.message("kernel_info_request")
+    sock.send_multipart(probe)
+    assert recv_reply(kernel, sock, probe_id)["msg_type"] == "kernel_info_reply"
+    assert recv_all(sock, SILENCE_S) == []
+    assert_serves(kernel)
+
+
+# --------------------------------------------------------------------------
+# replays
+
+
+def test_replayed_message_is_dropped(kernel):
+    sock = kernel.dealer("shell")
+    msg_id, frames = kernel.message("kernel_info_request")
+    sock.send_multipart(frames)
+    assert recv_reply(kernel, sock, msg_id)["msg_type"] == "kernel_info_reply"
+    await_idle(kernel, msg_id)
+    sock.send_multipart(frames)  # byte for byte
+    assert_dropped(kernel, sock, "shell", msg_id)
+    assert_serves(kernel)
+
+
+def test_replayed_execute_runs_once(kernel):
+    sock = kernel.dealer("shell")
+    msg_id, frames = kernel.message("execute_request", execute_content(GOOD_QUERY, store_history=True))
+    sock.send_multipart(frames)
+    reply = recv_reply(kernel, sock, msg_id)
+    assert reply["content"]["status"] == "ok"
+    assert reply["content"]["execution_count"] == 2  # the fixture's check was the first
+    await_idle(kernel, msg_id)
+    sock.send_multipart(frames)
+    assert_dropped(kernel, sock, "shell", msg_id)
+    assert_serves(kernel, count=3)
+
+
+def test_replay_from_another_connection_is_dropped(kernel):
+    first = kernel.dealer("shell")
+    msg_id, frames = kernel.message("execute_request", execute_content(GOOD_QUERY, store_history=True))
+    first.send_multipart(frames)
+    assert recv_reply(kernel, first, msg_id)["content"]["status"] == "ok"
+    await_idle(kernel, msg_id)
+    second = kernel.dealer("shell")
+    second.send_multipart(frames)
+    assert_dropped(kernel, second, "shell", msg_id)
+    assert_serves(kernel, count=3)
+
+
+def test_replay_on_another_channel_is_dropped(kernel):
+    shell = kernel.dealer("shell")
+    msg_id, frames = kernel.message("kernel_info_request")
+    shell.send_multipart(frames)
+    assert recv_reply(kernel, shell, msg_id)["msg_type"] == "kernel_info_reply"
+    await_idle(kernel, msg_id)
+    control = kernel.dealer("control")
+    control.send_multipart(frames)
+    assert_dropped(kernel, control, "control", msg_id)
+    assert_serves(kernel)
+
+
+def test_replay_of_a_good_clients_message_is_dropped(kernel):
+    """A message captured from the well-behaved client, replayed by another peer."""
+    session = kernel.kc.session
+    msg = session.msg("execute_request", execute_content(GOOD_QUERY, store_history=True))
+    frames = session.serialize(msg)
+    msg_id = msg["header"]["msg_id"]
+    kernel.good_ids.add(msg_id)
+    kernel.kc.shell_channel.socket.send_multipart(frames)
+    reply = _shell_reply(kernel, msg_id, time.monotonic() + REPLY_TIMEOUT_S, "execute_reply")
+    assert reply["content"]["execution_count"] == 2
+    await_idle(kernel, msg_id)
+    mallory = kernel.dealer("shell")
+    mallory.send_multipart(frames)
+    assert_dropped(kernel, mallory, "shell")
+    assert_serves(kernel, count=3)
+
+
+def test_replay_with_uppercased_signature_is_dropped(kernel):
+    """The same HMAC spelled differently is no way around the replay guard."""
+    sock = kernel.dealer("shell")
+    msg_id, frames = kernel.message("kernel_info_request")
+    sock.send_multipart(frames)
+    recv_reply(kernel, sock, msg_id)
+    await_idle(kernel, msg_id)
+    frames[1] = frames[1].upper()
+    sock.send_multipart(frames)
+    assert_dropped(kernel, sock, "shell", msg_id)
+    assert_serves(kernel)
+
+
+def rss_mib(k: Kernel) -> float:
+    for line in Path(f"/proc/{k.proc.pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+def test_handled_messages_are_not_kept(kernel):
+    """Memory comes back after large messages: the replay guard remembers signatures, not messages.
+
+    Each message is 40 MiB (glibc serves allocations that large with mmap and unmaps them when freed),
+    answered, then dropped; a kernel that kept a slice of each receive buffer would hold all 480 MiB.
+    """
+    sock = kernel.dealer("shell", sndhwm=0)
+    before = rss_mib(kernel)
+    for _ in range(12):
+        header = new_header("kernel_info_request")
+        sock.send_multipart(signed(kernel.key, [dumps(header), b"{}", b"{}", b"{}"], (b"x" * (40 << 20),)))
+        recv_reply(kernel, sock, header["msg_id"], timeout=60)
+    time.sleep(1.0)
+    grown = rss_mib(kernel) - before
+    assert grown < 150, f"the kernel's RSS grew by {grown:.0f} MiB after 12 answered 40 MiB messages"
+    assert_serves(kernel)
+
+
+def test_without_a_key_a_resent_message_is_answered_again(start_kernel):
+    """Documented limit: unsigned messages cannot be told apart, so there is no replay guard."""
+    k = start_kernel(key=b"")
+    assert_serves(k)
+    sock = k.dealer("shell")
+    msg_id, frames = message(b"", "kernel_info_request")
+    for _ in range(2):
+        sock.send_multipart(frames)
+        assert recv_reply(k, sock, msg_id)["msg_type"] == "kernel_info_reply"
+    assert_serves(k)
+
+
+# --------------------------------------------------------------------------
+# oversized messages
+
+CAP = 100_000
+
+
+@pytest.fixture
+def capped(start_kernel: Callable[..., Kernel]) -> Kernel:
+    k = start_kernel(env={"SAFE_DATA_MAX_MESSAGE_BYTES": str(CAP)})
+    assert_serves(k)
+    return k
+
+
+def padded_query(size: int) -> str:
+    """`GOOD_QUERY` followed by a comment: a cell of about `size` bytes."""
+    return GOOD_QUERY + " -- " + "x" * max(0, size - len(GOOD_QUERY) - 4)
+
+
+def test_oversized_execute_is_dropped(capped):
+    sock = capped.dealer("shell")
+    msg_id, frames = capped.message("execute_request", execute_content(padded_query(2 * CAP), store_history=True))
+    assert sum(map(len, frames)) > CAP
+    sock.send_multipart(frames)
+    assert_oversized_refused(capped, sock, msg_id)
+    # It was not executed: the next execution is the second.
+    msg_id, frames = capped.message("execute_request", execute_content(GOOD_QUERY, store_history=True))
+    fresh = capped.dealer("shell")
+    fresh.send_multipart(frames)
+    assert recv_reply(capped, fresh, msg_id)["content"]["execution_count"] == 3
+
+
+def test_message_under_the_cap_is_answered(capped):
+    sock = capped.dealer("shell")
+    msg_id, frames = capped.message("execute_request", execute_content(padded_query(CAP - 2000)))
+    assert sum(map(len, frames)) < CAP
+    sock.send_multipart(frames)
+    assert recv_reply(capped, sock, msg_id)["content"]["status"] == "ok"
+    assert_serves(capped)
+
+
+def test_oversized_by_buffers_is_dropped(capped):
+    sock = capped.dealer("shell")
+    header = new_header("kernel_info_request")
+    sock.send_multipart(signed(capped.key, [dumps(header), b"{}", b"{}", b"{}"], tuple([b"b" * 1000] * 300)))
+    assert_oversized_refused(capped, sock, header["msg_id"])
+
+
+def test_oversized_by_identities_is_dropped(capped):
+    sock = capped.dealer("control")
+    msg_id, frames = capped.message("kernel_info_request")
+    sock.send_multipart([b"i" * 1000] * 300 + frames)
+    assert_oversized_refused(capped, sock, msg_id)
+
+
+def test_oversized_flood_leaves_the_good_client_served(capped):
+    sock = capped.dealer("shell", sndhwm=0)
+    big = padded_query(4 * CAP)
+    for _ in range(50):  # 20 MB of messages over the cap
+        _, frames = capped.message("execute_request", execute_content(big))
+        sock.send_multipart(frames)
+    assert_oversized_refused(capped, sock)
+
+
+def test_max_message_mb_in_the_config_caps_messages(start_kernel, demo_config, hostile_config, tmp_path):
+    """The owner's cap, `[server] max_message_mb`, without the environment override."""
+    config = demo_config_copy(demo_config, tmp_path / "capped.toml", hostile_config.parent / "state",
+                              "max_message_mb = 1\n")
+    k = start_kernel(config=config)
+    assert_serves(k)
+    sock = k.dealer("shell")
+    msg_id, frames = k.message("execute_request", execute_content(padded_query(2 << 20)))
+    sock.send_multipart(frames)
+    assert_oversized_refused(k, sock, msg_id)
+    msg_id, frames = k.message("execute_request", execute_content(padded_query(200_000)))
+    sock = k.dealer("shell")
+    sock.send_multipart(frames)
+    reply = recv_reply(k, sock, msg_id)
+    assert reply["content"]["status"] == "ok", reply["content"]
+    assert_serves(k)
+
+
+# --------------------------------------------------------------------------
+# unknown message types, wrong channels
+
+
+@pytest.mark.parametrize("channel", ["shell", "control"])
+def test_unknown_request_gets_an_error_reply(kernel, channel):
+    sock = kernel.dealer(channel)
+    msg_id, frames = kernel.message("foo_request", {"x": 1})
+    sock.send_multipart(frames)
+    reply = recv_reply(kernel, sock, msg_id)
+    assert reply["msg_type"] == "foo_reply"
+    assert reply["content"]["status"] == "error"
+    assert reply["content"]["ename"] == "UnknownMessageType"
+    assert recv_all(sock, 0.3) == []
+    assert_serves(kernel)
+
+
+@pytest.mark.parametrize("msg_type", ["foo", "foo_reply", "", "execute_reply", "status", "input_reply"])
+def test_unknown_non_request_is_ignored(shared_kernel, msg_type):
+    kernel = shared_kernel
+    sock = kernel.dealer("shell")
+    msg_id, frames = kernel.message(msg_type, {"status": "ok"})
+    sock.send_multipart(frames)
+    # No reply; at most busy/idle around it on iopub (as ipykernel does), never an output.
+    assert_dropped(kernel, sock, "shell", msg_id, allow_status=True)
+    assert_serves(kernel)
+
+
+def test_execute_on_control_is_wrong_channel(kernel):
+    sock = kernel.dealer("control")
+    msg_id, frames = kernel.message("execute_request", execute_content(GOOD_QUERY, store_history=True))
+    sock.send_multipart(frames)
+    reply = recv_reply(kernel, sock, msg_id)
+    assert reply["msg_type"] == "execute_reply"
+    assert reply["content"]["status"] == "error"
+    assert reply["content"]["ename"] == "WrongChannel"
+    results = [m for m in hostile_iopub(kernel, 0.5) if m["msg_type"] in ("execute_result", "display_data")]
+    assert results == []
+    assert_serves(kernel, count=2)  # it was not run
+
+
+@pytest.mark.parametrize(
+    "msg_type,content",
+    [
+        ("execute_request", execute_content(GOOD_QUERY, store_history=True)),
+        ("kernel_info_request", {}),
+        ("shutdown_request", {"restart": False}),
+        ("interrupt_request", {}),
+        ("input_reply", {"value": "x" * 1000}),
+        ("foo_request", {}),
+        ("complete_request", {"code": "SELECT", "cursor_pos": 6}),
+    ],
+    ids=lambda v: v if isinstance(v, str) else "",
+)
+def test_anything_on_stdin_is_ignored(shared_kernel, msg_type, content):
+    kernel = shared_kernel
+    sock = kernel.dealer("stdin")
+    msg_id, frames = kernel.message(msg_type, content)
+    sock.send_multipart(frames)
+    assert_dropped(kernel, sock, "stdin", msg_id)
+    time.sleep(0.3)  # a shutdown would have happened by now
+    assert_serves(kernel, count=kernel.executions + 1)  # the execute_request on stdin was not run
+
+
+# --------------------------------------------------------------------------
+# floods and churn
+
+
+def random_frames(rng: random.Random, key: bytes) -> list[bytes]:
+    """One random multipart message: garbage, near misses, wrong keys."""
+    kind = rng.randrange(6)
+    if kind == 0:
+        return [rng.randbytes(rng.randrange(0, 300)) for _ in range(rng.randrange(1, 9))]
+    if kind == 1:  # the delimiter among garbage
+        frames = [rng.randbytes(rng.randrange(0, 100)) for _ in range(rng.randrange(0, 8))]
+        frames.insert(rng.randrange(len(frames) + 1), DELIM)
+        return frames
+    if kind == 2:  # well-formed, wrong key
+        return signed(rng.randbytes(16), _valid_parts(key, rng.choice(["execute_request", "kernel_info_request"])))
+    if kind == 3:  # right key, one frame replaced by garbage
+        frames = signed(key, _valid_parts(key, "execute_request"))
+        frames[rng.randrange(2, 6)] = rng.randbytes(rng.randrange(0, 200))
+        return frames
+    if kind == 4:  # right key, garbage JSON
+        return _with_frame(key, rng.randrange(4), rng.randbytes(rng.randrange(0, 200)))
+    return signed(key, _valid_parts(key))[: rng.randrange(1, 6)]  # truncated
+
+
+def test_garbage_flood(kernel):
+    rng = random.Random(20261123)
+    socks = {ch: kernel.dealer(ch, sndhwm=0) for ch in ("shell", "control", "stdin")}
+    plan = ["shell"] * 1400 + ["control"] * 300 + ["stdin"] * 300
+    rng.shuffle(plan)
+    for channel in plan:
+        socks[channel].send_multipart(random_frames(rng, kernel.key))
+    # All sent (queued in libzmq); the good client must be served within a few seconds of it.
+    took = assert_serves(kernel, within=HEALTHY_WITHIN_S)
+    for channel, sock in socks.items():
+        assert_dropped(kernel, sock, channel)
+    assert took < HEALTHY_WITHIN_S
+    assert_serves(kernel, count=3)
+
+
+def test_connection_churn(kernel):
+    """Hundreds of peers that connect, send garbage and vanish."""
+    rng = random.Random(7)
+    for i in range(300):
+        channel = ("shell", "control", "stdin", "iopub", "hb")[i % 5]
+        kind = zmq.SUB if channel == "iopub" else (zmq.REQ if channel == "hb" else zmq.DEALER)
+        s = kernel.ctx.socket(kind)
+        s.linger = 0
+        s.connect(kernel.url(channel))
+        if kind == zmq.SUB:
+            s.setsockopt(zmq.SUBSCRIBE, rng.randbytes(rng.randrange(0, 50)))
+        else:
+            s.send_multipart(random_frames(rng, kernel.key))
+        s.close(linger=0)
+    assert_serves(kernel)
+
+
+def test_raw_tcp_garbage(kernel):
+    """Peers that do not speak ZMTP at all, or stop half-way through the greeting."""
+    rng = random.Random(11)
+    for i in range(60):
+        s = kernel.tcp(("shell", "control", "stdin", "iopub", "hb")[i % 5])
+        if i % 3 == 0:
+            s.sendall(rng.randbytes(rng.randrange(1, 5000)))
+        elif i % 3 == 1:
+            s.sendall(b"\xff\x00\x00\x00\x00\x00\x00\x00\x01\x7f")  # half a greeting, then silence
+        # else: connect and say nothing
+    assert_serves(kernel)
+    # A client that connects now is not held up by the silent connections.
+    fresh = BlockingKernelClient()
+    fresh.load_connection_info(kernel.info)
+    fresh.start_channels()
+    try:
+        msg_id = fresh.kernel_info()
+        deadline = time.monotonic() + HEALTHY_WITHIN_S
+        while True:
+            remaining = deadline - time.monotonic()
+            assert remaining > 0, f"a new client got no kernel_info_reply\n{kernel.log_tail()}"
+            try:
+                msg = fresh.get_shell_msg(timeout=remaining)
+            except Empty:
+                continue
+            if msg["parent_header"].get("msg_id") == msg_id:
+                break
+    finally:
+        fresh.stop_channels()
+    assert_serves(kernel)
+
+
+def zmtp_greeting_and_ready(socket_type: bytes) -> bytes:
+    """A ZMTP 3.0 NULL-mechanism greeting and READY command, as a client sends them."""
+    greeting = b"\xff" + b"\x00" * 8 + b"\x7f" + b"\x03\x00" + b"NULL".ljust(20, b"\x00") + b"\x00" + b"\x00" * 31
+    body = b"\x05READY" + b"\x0bSocket-Type" + len(socket_type).to_bytes(4, "big") + socket_type
+    return greeting + b"\x04" + bytes([len(body)]) + body
+
+
+def test_huge_frame_length_claim(kernel):
+    """A ZMTP peer that claims a 1 TiB frame and sends 10 bytes of it. (zeromq 0.7 would reserve the
+    claimed size at once and abort; the kernel's frame guard closes the connection instead.)"""
+    s = kernel.tcp("shell")
+    s.sendall(zmtp_greeting_and_ready(b"DEALER"))
+    s.sendall(b"\x02" + (1 << 40).to_bytes(8, "big") + b"0123456789")
+    time.sleep(1.0)
+    assert_serves(kernel)
+
+
+def test_iopub_subscription_flood(kernel):
+    """An XSUB peer that sends thousands of (un)subscriptions and garbage to the XPUB."""
+    rng = random.Random(3)
+    xsub = kernel.socket(zmq.XSUB, "iopub", sndhwm=0)
+    for i in range(3000):
+        kind = i % 4
+        if kind == 0:
+            xsub.send(b"\x01" + rng.randbytes(rng.randrange(0, 200)))
+        elif kind == 1:
+            xsub.send(b"\x00" + rng.randbytes(rng.randrange(0, 200)))
+        elif kind == 2:
+            xsub.send_multipart([rng.randbytes(rng.randrange(0, 100)) for _ in range(rng.randrange(1, 4))])
+        else:
+            xsub.send(b"")
+    assert_serves(kernel)
+    assert_serves(kernel)
+
+
+# --------------------------------------------------------------------------
+# peers that never read
+
+
+def test_stalled_iopub_subscriber(kernel):
+    """A subscriber that never reads must not stall the good client's outputs."""
+    stalled = kernel.socket(zmq.SUB, "iopub", rcvhwm=1, rcvbuf=4096)
+    stalled.setsockopt(zmq.SUBSCRIBE, b"")
+    time.sleep(0.5)  # let the subscription reach the kernel
+    # Each execution publishes its code in execute_input: ~200 KB (cells are at most 256 KiB) to each
+    # subscriber, 12 MB in all: more than the socket buffers to the stalled subscriber hold.
+    # The kernel may take one send timeout to notice the stalled subscriber; after that the good client
+    # must be served at full speed again.
+    big = padded_query(200_000)
+    started = time.monotonic()
+    slow: list[tuple[int, float]] = []
+    for i in range(60):
+        t0 = time.monotonic()
+        reply, msgs = good_execute(kernel, big, time.monotonic() + 30, store_history=False)
+        assert reply["content"]["status"] == "ok", reply["content"]
+        took = time.monotonic() - t0
+        if took >= HEALTHY_WITHIN_S:
+            slow.append((i, round(took, 1)))
+        assert len(slow) <= 1, (
+            f"with a stalled iopub subscriber, executions (index, seconds) {slow} of the good client were slow "
+            f"({time.monotonic() - started:.1f} s so far)\n{kernel.log_tail()}"
+        )
+    for _ in range(3):
+        assert_serves(kernel)
+
+
+def test_stalled_shell_client(kernel):
+    """A shell client that sends requests and never reads its replies must not stall the good client."""
+    stalled = kernel.dealer("shell", rcvhwm=1, rcvbuf=4096, sndhwm=0)
+    # Replies of ~300 KB fill the socket buffers, then small ones fill the kernel's per-peer queue.
+    for _ in range(40):
+        _, frames = kernel.message("y" * 100_000 + "_request")
+        stalled.send_multipart(frames)
+    for _ in range(2000):
+        _, frames = kernel.message("kernel_info_request")
+        stalled.send_multipart(frames)
+    time.sleep(2.0)
+    for _ in range(3):
+        assert_serves(kernel)
+
+
+def test_stalled_heartbeat_client(kernel):
+    """A heartbeat peer that never reads its echoes must not stop the good client's heartbeat."""
+    stalled = kernel.dealer("hb", rcvhwm=1, rcvbuf=4096, sndhwm=0)
+    payload = b"p" * 65536
+    for _ in range(1500):
+        stalled.send_multipart([b"", payload])  # the REQ envelope, so the REP answers
+    time.sleep(2.0)
+    good = kernel.socket(zmq.REQ, "hb")
+    for i in range(3):
+        ping = f"ping-{i}".encode()
+        good.send(ping)
+        assert good.poll(int(HEALTHY_WITHIN_S * 1000)), f"no heartbeat echo within {HEALTHY_WITHIN_S} s"
+        assert good.recv() == ping
+    assert_serves(kernel)
