@@ -715,10 +715,10 @@ fn run_cell(shared: &Shared, parent: &Value, code: &str, count: u64, silent: boo
         if silent {
             continue;
         }
-        let outputs = render::outputs(&released);
-        let n = outputs.len();
-        for (j, data) in outputs.into_iter().enumerate() {
-            if i == last && j + 1 == n {
+        // The last statement's result is the execute_result; everything
+        // else (earlier statements, a chart's notices) is display_data.
+        for (j, data) in render::outputs(&released).into_iter().enumerate() {
+            if i == last && j == 0 {
                 shared.publish("execute_result", parent, json!({"execution_count": count, "data": data, "metadata": {}}));
             } else {
                 shared.publish("display_data", parent, json!({"data": data, "metadata": {}, "transient": {}}));

@@ -115,7 +115,7 @@ table.sd-table.sd-table tr th .sd-type{display:block;font-weight:normal;font-siz
 table.sd-table.sd-table tr td.sd-num,table.sd-table.sd-table tr th.sd-num{text-align:right;font-variant-numeric:tabular-nums}\
 table.sd-table.sd-table tr td.sd-null{color:var(--jp-ui-font-color3,#aaa);font-style:italic}\
 .sd-count{font-size:12px;color:var(--jp-ui-font-color2,#777);margin:4px 0}\
-.sd-notice{border-left:4px solid var(--jp-warn-color1,#f0ad4e);background:var(--jp-warn-color3,#fff8e6);color:var(--jp-ui-font-color1,#333);padding:4px 10px;margin:4px 0;font-size:13px}\
+.sd-notice{border-left:4px solid var(--jp-warn-color1,#f0ad4e);background:color-mix(in srgb,var(--jp-warn-color1,#f0ad4e) 14%,transparent);color:var(--jp-ui-font-color1,inherit);padding:4px 10px;margin:4px 0;font-size:13px;max-width:fit-content}\
 </style>";
 
 /// An HTML table (typed header, right-aligned numbers, null marks, row count) and styled notices.
@@ -196,21 +196,21 @@ pub fn bundle(r: &Released) -> Json {
     Json::Object(data)
 }
 
-/// The outputs of a released result, in display order. A table is one
-/// bundle (its notices inside). A chart is its notices as a bundle of their
-/// own, then the chart: Vega-Lite with the aligned table as the text
-/// fallback, and no HTML, which JupyterLab would prefer to the chart.
+/// The outputs of a released result, in display order; the first is the
+/// result itself. A table is one bundle (its notices inside). A chart is the
+/// chart (Vega-Lite with the aligned table as the text fallback, and no
+/// HTML, which JupyterLab would prefer to the chart), then its notices as a
+/// bundle of their own, under it as under a table.
 pub fn outputs(r: &Released) -> Vec<Json> {
     let Some(chart) = r.chart() else { return vec![bundle(r)] };
-    let mut out = Vec::new();
+    let mut data = Map::new();
+    data.insert(crate::vegalite::MIME.into(), crate::vegalite::spec(r, chart));
+    data.insert("text/plain".into(), Json::String(text(r)));
+    let mut out = vec![Json::Object(data)];
     if !r.notices().is_empty() {
         let plain: Vec<String> = r.notices().iter().map(|n| format!("Note: {}", n.message)).collect();
         out.push(json!({"text/plain": plain.join("\n"), "text/html": format!("{STYLE}{}", notices_html(r))}));
     }
-    let mut data = Map::new();
-    data.insert(crate::vegalite::MIME.into(), crate::vegalite::spec(r, chart));
-    data.insert("text/plain".into(), Json::String(text(r)));
-    out.push(Json::Object(data));
     out
 }
 

@@ -45,6 +45,10 @@ fn channel(e: &Encoding, ty: &'static str) -> Json {
     c
 }
 
+fn column_of(r: &Released, name: &str) -> Option<usize> {
+    r.columns().iter().position(|c| c.name == name)
+}
+
 /// The spec for a released result that carries a chart.
 pub fn spec(r: &Released, chart: &Chart) -> Json {
     let values: Vec<Json> = r
@@ -75,7 +79,6 @@ pub fn spec(r: &Released, chart: &Chart) -> Json {
         ChartKind::Histogram => {
             let mut x = channel(&chart.x, "quantitative");
             x["bin"] = json!({"binned": true});
-            x["title"] = json!(chart.title.as_deref().and_then(|t| t.strip_prefix("Histogram of ")).unwrap_or("value"));
             encoding.insert("x".into(), x);
             if let Some(x2) = &chart.x2 {
                 encoding.insert("x2".into(), json!({"field": field(&x2.field)}));
@@ -83,6 +86,18 @@ pub fn spec(r: &Released, chart: &Chart) -> Json {
             json!({"type": "bar", "tooltip": true})
         }
     };
+    if let (Some(title), Some(x)) = (&chart.x_title, encoding.get_mut("x")) {
+        x["title"] = json!(title);
+    }
+    // Labels read horizontally unless they are many or long.
+    let categories = r.rows().len();
+    let longest = r.rows().iter().filter_map(|row| column_of(r, &chart.x.field).and_then(|i| row.get(i))).map(|v| v.to_text().chars().count()).max().unwrap_or(0);
+    if let Some(x) = encoding.get_mut("x") {
+        let discrete = x["type"] == "nominal" || x["type"] == "ordinal";
+        if discrete {
+            x["axis"] = json!({"labelAngle": if longest * categories.min(40) <= 90 { 0 } else { -40 }, "labelLimit": 160});
+        }
+    }
     encoding.insert("y".into(), channel(&chart.y, "quantitative"));
     if let Some(color) = &chart.color {
         encoding.insert("color".into(), channel(color, measure(color.ty, true)));
@@ -96,8 +111,11 @@ pub fn spec(r: &Released, chart: &Chart) -> Json {
         "data": {"values": values},
         "mark": mark,
         "encoding": encoding,
-        "width": if chart.kind == ChartKind::Bar { json!({"step": if chart.color.is_some() { 12 } else { 28 }}) } else { json!(480) },
+        // One width for every kind; only a bar chart with many bars grows by step.
+        "width": if chart.kind == ChartKind::Bar && categories > 30 { json!({"step": 16}) } else { json!(480) },
         "height": 260,
+        // The notebook's own background, in light and dark themes alike.
+        "background": "transparent",
     });
     if let Some(title) = &chart.title {
         spec["title"] = json!(title);

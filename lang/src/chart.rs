@@ -233,6 +233,9 @@ pub struct Chart {
     pub y: Encoding,
     pub color: Option<Encoding>,
     pub title: Option<String>,
+    /// The x axis's title when it is not the x column's name (a histogram's
+    /// bins are of the binned column).
+    pub x_title: Option<String>,
 }
 
 /// One channel of a chart: a column of the result and its type.
@@ -292,7 +295,7 @@ pub fn resolve(spec: &ChartSpec, columns: &[(String, SqlType)]) -> Result<Chart>
         }
         None => None,
     };
-    Ok(Chart { kind: spec.kind, x, x2: None, y, color, title })
+    Ok(Chart { kind: spec.kind, x, x2: None, y, color, title, x_title: None })
 }
 
 /// The equal-width bins of a histogram.
@@ -373,6 +376,7 @@ pub fn histogram_sql(spec: &ChartSpec, text: &str, query: &ast::Query, bound: &Q
         y: Encoding { field: "count".into(), ty: SqlType::Integer },
         color: None,
         title: title.or_else(|| Some(format!("Histogram of {}", item.name))),
+        x_title: Some(item.name.clone()),
     };
     Ok((sql, chart))
 }

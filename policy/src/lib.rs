@@ -168,7 +168,7 @@ impl Policy {
             .iter()
             .map(|t| {
                 let kind = if t.public { "public".to_string() } else { format!("protected (k = {})", t.min_group_size) };
-                vec![Value::Text(t.name.clone()), Value::Text(kind), t.description.clone().map(Value::Text).unwrap_or(Value::Null)]
+                vec![Value::Text(t.name.clone()), Value::Text(kind), Value::Text(t.description.clone().unwrap_or_default())]
             })
             .collect();
         Released::catalog(columns, rows)
@@ -198,9 +198,10 @@ impl Policy {
                     Value::Text(c.ty.to_string()),
                     Value::Text(role),
                     Value::Text(safe_data_lang::services::allowed_aggregates(table, c).join(", ")),
-                    c.bounds.map(|(lo, hi)| Value::Text(format!("[{lo}, {hi}]"))).unwrap_or(Value::Null),
+                    // Catalog tables show an absent setting as empty, not as a NULL value.
+                    Value::Text(c.bounds.map(|(lo, hi)| format!("[{lo}, {hi}]")).unwrap_or_default()),
                     Value::Boolean(table.join_keys.iter().any(|k| k.eq_ignore_ascii_case(&c.name))),
-                    c.description.clone().map(Value::Text).unwrap_or(Value::Null),
+                    Value::Text(c.description.clone().unwrap_or_default()),
                 ]
             })
             .collect();
