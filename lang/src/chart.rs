@@ -113,7 +113,7 @@ impl fmt::Display for ChartSpec {
 /// True when the statement starts with the word CHART.
 pub fn is_chart(text: &str) -> bool {
     let t = text.trim_start();
-    t.len() >= 5 && t[..5].eq_ignore_ascii_case("chart") && !t[5..].starts_with(|c: char| c.is_alphanumeric() || c == '_')
+    t.get(..5).is_some_and(|head| head.eq_ignore_ascii_case("chart")) && !t[5..].starts_with(|c: char| c.is_alphanumeric() || c == '_')
 }
 
 /// Reads the header of a CHART statement. Returns the spec and the text with
@@ -135,7 +135,9 @@ pub fn parse_header(text: &str) -> Result<(ChartSpec, String)> {
     let kinds = "BAR, LINE, SCATTER or HISTOGRAM";
 
     let (chart, chart_span) = next();
-    debug_assert!(matches!(&chart, Token::Word(w) if w.value.eq_ignore_ascii_case("chart")));
+    if !matches!(&chart, Token::Word(w) if w.value.eq_ignore_ascii_case("chart")) {
+        return Err(Error::Syntax { message: format!("expected CHART <kind>, e.g. CHART BAR; use {kinds}"), span: Some(chart_span) });
+    }
     let (kind_token, kind_span) = next();
     let kind = match &kind_token {
         Token::Word(w) => ChartKind::from_name(&w.value)
@@ -467,6 +469,8 @@ mod tests {
     fn recognises_the_keyword_only_as_a_word() {
         assert!(is_chart("  chart bar SELECT 1"));
         assert!(!is_chart("charts"));
+        assert!(!is_chart("SELE«"));
+        assert!(parse_header("CHART# bar SELECT 1").is_err());
         assert!(!is_chart("SELECT 1"));
     }
 

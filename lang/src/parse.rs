@@ -40,7 +40,8 @@ pub fn split_statements(cell: &str) -> Result<Vec<(usize, usize)>> {
     let tokens = Tokenizer::new(&dialect, cell).tokenize_with_location().map_err(|e| {
         let index = LineIndex::new(cell);
         let at = index.offset(e.location.line, e.location.column);
-        Error::Syntax { message: e.message.clone(), span: at.map(|s| Span::new(s, s + 1)) }
+        let one_char = |s: usize| Span::new(s, s + cell[s..].chars().next().map_or(0, char::len_utf8));
+        Error::Syntax { message: e.message.clone(), span: at.filter(|s| cell.is_char_boundary(*s)).map(one_char) }
     })?;
     let index = LineIndex::new(cell);
     let mut pieces = Vec::new();

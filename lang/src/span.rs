@@ -71,8 +71,16 @@ impl LineIndex {
 /// Renders the line(s) of `text` covered by `span` with a caret line under the
 /// span, the way every traceback shows the offending part of a statement.
 pub fn caret_snippet(text: &str, span: Span) -> String {
-    let start = span.start.min(text.len());
-    let end = span.end.min(text.len()).max(start);
+    // Spans are byte offsets; one that falls inside a character snaps back to its start.
+    let floor = |mut i: usize| {
+        i = i.min(text.len());
+        while !text.is_char_boundary(i) {
+            i -= 1;
+        }
+        i
+    };
+    let start = floor(span.start);
+    let end = floor(span.end).max(start);
     let line_start = text[..start].rfind('\n').map(|i| i + 1).unwrap_or(0);
     let line_end = text[start..].find('\n').map(|i| start + i).unwrap_or(text.len());
     let line = &text[line_start..line_end];
@@ -93,6 +101,15 @@ mod tests {
         let start = text.find("name").unwrap();
         let snippet = caret_snippet(text, Span::new(start, start + 4));
         assert_eq!(snippet, "2 |   name FROM t\n      ^^^^");
+    }
+
+    #[test]
+    fn spans_inside_a_character_do_not_panic() {
+        let text = "R'¬";
+        for (a, b) in [(2, 3), (3, 3), (0, 9), (3, 4)] {
+            let snippet = caret_snippet(text, Span::new(a, b));
+            assert!(snippet.starts_with("1 | R'¬"), "{snippet}");
+        }
     }
 
     #[test]
