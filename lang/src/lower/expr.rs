@@ -375,11 +375,14 @@ pub(crate) fn aggregate(func: AggFunc, args: &[Expr], distinct: bool, ty: SqlTyp
             if let Some(k) = keep {
                 both = both.and(k.clone());
             }
-            let (y, x) = (y.filter(both.clone()), x.filter(both));
+            // Masked (not filtered: a filter inside a group-by takes polars'
+            // slow per-group path) so both sides hold the same pairs.
+            let masked = |e: PExpr| pl::when(both.clone()).then(e).otherwise(null_of(SqlType::Double));
+            let (y, x) = (masked(y), masked(x));
             let pairs = y.clone().count();
             let stat = if func == AggFunc::Corr { pl::pearson_corr(y, x) } else { pl::cov(y, x, 1) };
             // Fewer than two pairs, or no variance (NaN), is NULL in SQL.
-            pl::when(pairs.lt(lit(2u32)).or(stat.clone().is_nan())).then(null_of(SqlType::Double)).otherwise(stat)
+            pl::when(pairs.lt(lit(2u32))).then(null_of(SqlType::Double)).otherwise(stat.fill_nan(null_of(SqlType::Double)))
         }
     })
 }
