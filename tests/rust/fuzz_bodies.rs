@@ -1,0 +1,370 @@
+//! Bodies of the fuzz targets, shared by the `cargo fuzz` targets in `fuzz/`
+//! and by the `fuzz_corpora` test, which replays the committed corpora under
+//! a normal `cargo test`. Each body takes arbitrary bytes, drives one input
+//! surface of the kernel, and panics only when an invariant is broken:
+//!
+//! - [`sql_check`]: SQL text → parse → bind → check → lower (in the mode the
+//!   check decides; the plan is built, never executed), plus the editor
+//!   services and the error snippets the kernel renders. No panic; no hidden
+//!   column in a plan, an error text, an EXPLAIN or a completion; the hidden
+//!   privacy unit only as the internal `__u<slot>`; a plan the check calls
+//!   public never scans a protected table.
+//! - [`config`]: TOML text → `Config::parse`. No panic; errors are clean.
+//! - [`wire_frames`]: bytes split into multipart frames → `Message::decode`
+//!   with an empty and a real key. No panic; with a key, nothing decodes
+//!   without the right signature; a decoded message re-encodes to itself.
+//!
+//! The fixtures are in `fuzz/fixtures`; see `fuzz/README.md`.
+
+use bytes::Bytes;
+use safe_data_kernel::wire::{self, Message, Signer};
+use safe_data_lang::Catalog;
+use safe_data_lang::config::Config;
+use safe_data_lang::ir::Query;
+use safe_data_lang::lower::{self, Mode};
+use safe_data_lang::parse::{self, Statement};
+use safe_data_lang::span::{Span, caret_snippet};
+use safe_data_lang::{bind, chart, services};
+use safe_data_policy::check::{self, Level};
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+// ---------------------------------------------------------------------------
+// sql_check
+// ---------------------------------------------------------------------------
+
+/// Hidden columns of the fixture catalog (`fuzz/fixtures/safe-data.toml`),
+/// lowercase. Each must never appear in anything the pipeline produces.
+const HIDDEN: &[&str] = &["zqhid_ssn", "zqhid_name", "zqhid_note", "zqhid_ref"];
+/// The hidden privacy unit of `visits`: read by the lowering only, aliased
+/// to the internal `__u<slot>`.
+const HIDDEN_UNIT: &str = "zqunit_pid";
+/// Inputs containing these (any case) may legitimately echo a hidden name
+/// (as an alias, a string literal, an unknown-column error): the leak checks
+/// skip them. Substrings, so `'zqh' || 'id_ssn'` style inputs are excluded
+/// too (the optimizer folds constants).
+const HIDDEN_MARKERS: &[&str] = &["zq", "hid_", "unit_pid"];
+
+/// The directory of the fuzz fixtures (from `fuzz/` or from `kernel/`).
+pub fn fixtures_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/fixtures")
+}
+
+struct SqlFixture {
+    catalog: Catalog,
+    /// `(table, cache file prefix)` of the protected tables: an IPC scan's
+    /// source path in a plan starts with the prefix.
+    protected_scans: Vec<(String, String)>,
+}
+
+fn sql_fixture() -> &'static SqlFixture {
+    static FIXTURE: OnceLock<SqlFixture> = OnceLock::new();
+    FIXTURE.get_or_init(|| {
+        let dir = fixtures_dir();
+        let path = dir.join("safe-data.toml");
+        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+        let mut config = Config::parse(&path, &text).unwrap_or_else(|e| panic!("fixture config {}: {e}", path.display()));
+        // One cache for every run; entries are keyed by source path, size and
+        // mtime and written atomically, so parallel runs can share it.
+        let state = std::env::temp_dir().join(format!("safe-data-fuzz-state-{}", whoami()));
+        config.server.state_dir = state.clone();
+        let catalog = Catalog::open(config).unwrap_or_else(|e| panic!("fixture catalog: {e}"));
+        let cache = state.join("cache");
+        let mut protected_scans = Vec::new();
+        for t in catalog.tables() {
+            // The leak checks read plan texts: a CSV table not cached as IPC
+            // would be an in-memory DataFrame scan, whose plan lists the
+            // source's column names (hidden ones included).
+            let prefix = format!("{}-", t.name);
+            let cached = std::fs::read_dir(&cache)
+                .map(|d| d.flatten().any(|e| e.file_name().to_string_lossy().starts_with(&prefix)))
+                .unwrap_or(false);
+            assert!(cached, "table `{}` is not cached as IPC in {}; the fuzz fixture needs a writable temp dir", t.name, cache.display());
+            if !t.public {
+                protected_scans.push((t.name.clone(), cache.join(&prefix).display().to_string()));
+            }
+        }
+        SqlFixture { catalog, protected_scans }
+    })
+}
+
+fn whoami() -> String {
+    std::env::var("USER").unwrap_or_else(|_| "user".into()).chars().filter(char::is_ascii_alphanumeric).collect()
+}
+
+/// Where a leak check looks, for the panic message.
+struct Leak<'a> {
+    cell: &'a str,
+    /// False when the input itself spells (part of) a hidden name.
+    armed: bool,
+}
+
+impl Leak<'_> {
+    /// No hidden column name in `text` (case-insensitive); the hidden
+    /// privacy unit too unless `unit_ok`.
+    fn check(&self, what: &str, text: &str, unit_ok: bool) {
+        if !self.armed {
+            return;
+        }
+        let lower = text.to_ascii_lowercase();
+        let names = HIDDEN.iter().copied().chain((!unit_ok).then_some(HIDDEN_UNIT));
+        for name in names {
+            assert!(!lower.contains(name), "hidden column `{name}` reached {what}\n--- input ---\n{}\n--- {what} ---\n{text}", self.cell);
+        }
+    }
+
+    /// An unoptimized plan: the hidden unit appears only as `col("zqunit_pid").alias("__u..")`.
+    fn check_plan(&self, what: &str, plan: &str) {
+        self.check(what, plan, true);
+        if !self.armed {
+            return;
+        }
+        let lower = plan.to_ascii_lowercase();
+        let allowed = format!("col(\"{HIDDEN_UNIT}\").alias(\"__u");
+        for (at, _) in lower.match_indices(HIDDEN_UNIT) {
+            let start = at.saturating_sub(5);
+            assert!(
+                lower[start..].starts_with(&allowed),
+                "the hidden privacy unit `{HIDDEN_UNIT}` reached {what} other than as `__u<slot>`\n--- input ---\n{}\n--- {what} ---\n{plan}",
+                self.cell
+            );
+        }
+    }
+}
+
+/// An error as the kernel renders it: its text and the caret snippet of its
+/// span in the cell.
+fn render_error(leak: &Leak<'_>, stage: &str, message: String, span: Option<Span>) {
+    let mut shown = message;
+    if let Some(span) = span {
+        shown.push('\n');
+        shown.push_str(&caret_snippet(leak.cell, span));
+    }
+    // The snippet quotes the cell: an armed cell spells no hidden name.
+    leak.check(&format!("a {stage} error"), &shown, false);
+}
+
+/// SQL text → parse → bind → check → lower, as `Policy::run` drives them
+/// (the plan is built and inspected, not executed).
+pub fn sql_check(data: &[u8]) {
+    let Ok(cell) = std::str::from_utf8(data) else { return };
+    let fx = sql_fixture();
+    let lower_cell = cell.to_ascii_lowercase();
+    let leak = Leak { cell, armed: !HIDDEN_MARKERS.iter().any(|m| lower_cell.contains(m)) };
+
+    // The editor services see every keystroke.
+    for cursor in [cell.len(), cell.len() / 2, data.first().map_or(0, |b| usize::from(*b))] {
+        let completion = services::complete(&fx.catalog, cell, cursor);
+        assert!(completion.start <= completion.end && completion.end <= cell.len(), "completion range out of the cell");
+        leak.check("a completion", &completion.matches.join("\n"), false);
+        if let Some(text) = services::inspect(&fx.catalog, cell, cursor) {
+            leak.check("an inspection", &text, false);
+        }
+    }
+    let _ = services::is_complete(cell);
+
+    let statements = match parse::parse_cell(cell) {
+        Ok(s) => s,
+        Err(e) => return render_error(&leak, "parse", e.to_string(), e.span()),
+    };
+    for parsed in &statements {
+        let shifted = |e: safe_data_policy::Error| e.shifted(parsed.offset);
+        let outcome = match &parsed.statement {
+            Statement::ShowTables => Ok(()),
+            Statement::Describe { table, .. } => {
+                if let Some(t) = fx.catalog.table(table) {
+                    leak.check("DESCRIBE", &services::describe_table(t), false);
+                }
+                Ok(())
+            }
+            Statement::Query(q) | Statement::Explain(q) => bind::bind_query(&fx.catalog, &parsed.text, q)
+                .map_err(safe_data_policy::Error::from)
+                .and_then(|query| run_bound(fx, &leak, &query)),
+            Statement::Chart { spec, query: q, text } => bind::bind_query(&fx.catalog, text, q).map_err(safe_data_policy::Error::from).and_then(|query| {
+                if spec.kind == chart::ChartKind::Histogram {
+                    // The bins are generated SQL: bound, checked and lowered like typed SQL.
+                    let (sql, drawn) = chart::histogram_sql(spec, text, q, &query)?;
+                    leak.check("a histogram query", &sql, false);
+                    leak.check("a chart", &format!("{drawn:?}"), false);
+                    let binned = bind::bind_sql(&fx.catalog, &sql).map_err(|e| safe_data_policy::Error::from(e).respanned(Some(query.span)))?;
+                    return run_bound(fx, &leak, &binned).map_err(|e| e.respanned(Some(query.span)));
+                }
+                let columns: Vec<_> = query.output().into_iter().map(|f| (f.name, f.ty)).collect();
+                let drawn = chart::resolve(spec, &columns)?;
+                leak.check("a chart", &format!("{drawn:?}"), false);
+                run_bound(fx, &leak, &query)
+            }),
+        };
+        if let Err(e) = outcome {
+            let e = shifted(e);
+            render_error(&leak, "statement", e.to_string(), e.span());
+        }
+    }
+}
+
+/// Check → lower for a bound query, as `Policy::run_bound` does before
+/// executing; the plan is inspected instead.
+fn run_bound(fx: &SqlFixture, leak: &Leak<'_>, query: &Query) -> Result<(), safe_data_policy::Error> {
+    // What EXPLAIN shows and the audit log hashes.
+    leak.check("the canonical SQL", &query.to_string(), false);
+    for f in query.output() {
+        leak.check("an output column name", &f.name, false);
+    }
+    let verdict = check::check(query)?;
+    let mode = if verdict.level == Level::Public { Mode::Plain } else { Mode::Protected };
+    let lowered = lower::lower_query(query, mode)?;
+    inspect_plan(fx, leak, verdict.level, &lowered);
+    Ok(())
+}
+
+fn inspect_plan(fx: &SqlFixture, leak: &Leak<'_>, level: Level, lowered: &lower::Lowered) {
+    // A plan polars cannot even resolve is not a leak (execution would
+    // answer a generic engine error), so only readable plans are checked.
+    let Ok(plan) = lowered.frame.describe_plan() else { return };
+    leak.check_plan("the plan", &plan);
+    if level == Level::Public {
+        for (table, prefix) in &fx.protected_scans {
+            assert!(
+                !plan.contains(prefix.as_str()),
+                "the check called a query public but its plan scans the protected table `{table}`\n--- input ---\n{}\n--- plan ---\n{plan}",
+                leak.cell
+            );
+        }
+    }
+    if let Ok(optimized) = lowered.frame.clone().to_alp_optimized() {
+        // Projection pushdown names the scanned columns, the unit included.
+        leak.check("the optimized plan", &optimized.describe(), true);
+        // The plan text truncates long column lists; the schemas of its
+        // nodes do not. Only a scan may carry the privacy unit, which the
+        // select above it renames.
+        let mut stack = vec![optimized.lp_top];
+        while let Some(node) = stack.pop() {
+            let ir = optimized.lp_arena.get(node);
+            let kind: &'static str = ir.into();
+            let schema = ir.schema(&optimized.lp_arena);
+            let names: Vec<&str> = schema.iter_names().map(|n| n.as_str()).collect();
+            leak.check(&format!("the columns of a {kind} node of the optimized plan"), &names.join(", "), kind.ends_with("SCAN"));
+            stack.extend(ir.inputs());
+        }
+    }
+    if let Ok(schema) = lowered.frame.clone().collect_schema() {
+        for name in schema.iter_names() {
+            let name = name.as_str();
+            let internal = name == lower::THIN_FLAG || name == lower::DIFF_FLAG;
+            let output = name.strip_prefix('#').is_some_and(|i| i.parse::<usize>().is_ok_and(|i| i < lowered.output.len()));
+            assert!(
+                output || (internal && lowered.has_release_flags),
+                "the lowered plan outputs an unexpected column `{name}`\n--- input ---\n{}",
+                leak.cell
+            );
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// config
+// ---------------------------------------------------------------------------
+
+/// TOML text → `Config::parse`, as if the file sat next to the fuzz fixtures
+/// (so `source` paths can name real files). Errors must be `Error::Config`
+/// with a message.
+pub fn config(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else { return };
+    let path = fixtures_dir().join("fuzzed.toml");
+    match Config::parse(&path, text) {
+        Ok(config) => {
+            assert!(config.min_group_size >= 1 && config.server.max_rows >= 1, "accepted limits below 1");
+            for t in &config.tables {
+                assert!(t.min_group_size >= 1, "table `{}` accepted a k below 1", t.name);
+                assert!(t.source.is_file(), "table `{}` accepted a missing source", t.name);
+                for (name, c) in &t.columns {
+                    if let Some((lo, hi)) = c.bounds {
+                        assert!(lo.is_finite() && hi.is_finite() && lo <= hi, "column `{name}` accepted bounds [{lo}, {hi}]");
+                    }
+                }
+            }
+        }
+        Err(e) => {
+            let message = e.to_string();
+            assert!(matches!(e, safe_data_lang::Error::Config { .. }), "Config::parse returned a non-config error: {message}");
+            assert!(!message.trim().is_empty(), "empty configuration error");
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// wire_frames
+// ---------------------------------------------------------------------------
+
+/// The connection key of the signed runs.
+pub const WIRE_KEY: &str = "4f1c2d3e-5a6b-4c7d-8e9f-0a1b2c3d4e5f";
+/// Separates frames in a `wire_frames` input (never valid UTF-8 in JSON).
+pub const FRAME_SEPARATOR: u8 = 0xFF;
+
+/// Frames from bytes: the first byte holds options, the rest is split at
+/// [`FRAME_SEPARATOR`]. Options: bit 0 signs with [`WIRE_KEY`] after fixing
+/// up the signature frame (so the JSON past the HMAC is reached with a key
+/// too); bits 1-2 pick the size limit.
+pub fn split_frames(data: &[u8]) -> (u8, Vec<Bytes>) {
+    let (options, rest) = data.split_first().map_or((0, &[][..]), |(o, r)| (*o, r));
+    (options, rest.split(|b| *b == FRAME_SEPARATOR).map(Bytes::copy_from_slice).collect())
+}
+
+/// Arbitrary bytes → multipart frames → `Message::decode`, unsigned and
+/// signed. With a key, a message decodes only with the right signature.
+pub fn wire_frames(data: &[u8]) {
+    let (options, frames) = split_frames(data);
+    let max_bytes = [usize::MAX, 1 << 20, 256, data.len() / 2][usize::from((options >> 1) & 3)];
+    let unsigned = Signer::new("");
+    let keyed = Signer::new(WIRE_KEY);
+
+    let decoded = Message::decode(frames.clone(), &unsigned, max_bytes);
+    check_decoded(&frames, decoded, &unsigned, max_bytes, None);
+
+    // As received: only a correct signature may pass.
+    let decoded = Message::decode(frames.clone(), &keyed, max_bytes);
+    check_decoded(&frames, decoded, &keyed, max_bytes, Some(&keyed));
+
+    if options & 1 == 1 {
+        let mut frames = frames;
+        if let Some(d) = frames.iter().position(|f| f.as_ref() == wire::DELIMITER)
+            && frames.len() >= d + 6
+        {
+            let signature = keyed.sign([&frames[d + 2], &frames[d + 3], &frames[d + 4], &frames[d + 5]]);
+            frames[d + 1] = Bytes::from(signature);
+        }
+        let decoded = Message::decode(frames.clone(), &keyed, max_bytes);
+        check_decoded(&frames, decoded, &keyed, max_bytes, Some(&keyed));
+    }
+}
+
+fn check_decoded(frames: &[Bytes], decoded: Result<Message, wire::WireError>, signer: &Signer, max_bytes: usize, key: Option<&Signer>) {
+    let Ok(m) = decoded else { return };
+    let total: usize = frames.iter().map(Bytes::len).sum();
+    assert!(total <= max_bytes, "decoded {total} bytes over the {max_bytes}-byte limit");
+    let d = frames.iter().position(|f| f.as_ref() == wire::DELIMITER).expect("decoded without a delimiter");
+    assert_eq!(m.identities.as_slice(), &frames[..d], "identities are not the frames before the delimiter");
+    assert_eq!(m.buffers.as_slice(), &frames[(d + 6).min(frames.len())..], "buffers are not the frames after the content");
+    if let Some(key) = key {
+        let expected = key.sign([&frames[d + 2], &frames[d + 3], &frames[d + 4], &frames[d + 5]]);
+        assert_eq!(frames[d + 1].as_ref(), expected.as_bytes(), "a message decoded with a key but without its signature");
+    }
+    for (name, v) in [("header", &m.header), ("parent_header", &m.parent_header), ("metadata", &m.metadata), ("content", &m.content)] {
+        assert!(v.is_object(), "decoded a {name} that is not an object");
+    }
+    assert!(m.header.get("msg_id").and_then(|v| v.as_str()).is_some(), "decoded a header without msg_id");
+    let _ = m.msg_type();
+    // What the kernel would send back decodes to the same message.
+    let again = wire::encode(&m.identities, &m.header, &m.parent_header, &m.metadata, &m.content, signer);
+    match Message::decode(again, signer, usize::MAX) {
+        Ok(r) => {
+            assert_eq!(r.identities, m.identities, "re-encoded identities differ");
+            assert_eq!(
+                (&r.header, &r.parent_header, &r.metadata, &r.content),
+                (&m.header, &m.parent_header, &m.metadata, &m.content),
+                "a re-encoded message decodes differently"
+            );
+        }
+        Err(e) => panic!("a decoded message does not decode once re-encoded: {e}"),
+    }
+}
