@@ -16,7 +16,7 @@ The kernel's RSS (``VmRSS`` of ``/proc/<pid>/status``) is sampled every ``--samp
 first ``--warmup`` executions (1,000) are the warm-up; the RSS at its end and at the end of the run are
 taken after a one-second pause (so no query's transient memory is counted). At the end the kernel is shut
 down and ``safe-data audit verify`` checks the audit log's hash chain; the log must hold one line per
-statement that reached the policy (syntax errors stop a cell before it), at least 10,000.
+statement that reached the policy, and one per cell that did not parse; at least 10,000.
 
 Goals (the soak issue): RSS growth after warm-up under 10 %; no cheap execution over 1 s; the audit chain
 verifies with >= 10,000 lines; and (the soak's own) no unexpected or changed answer. Prints every figure,
@@ -82,7 +82,7 @@ MIX: list[tuple[str, str, float, str]] = [
     ("refused_rows", "SELECT * FROM patients;", 4, "cheap"),
     ("refused_hidden", "SELECT name, COUNT(*) FROM patients GROUP BY name;", 2, "cheap"),
     ("refused_identifier", "SELECT patient_id, COUNT(*) FROM patients GROUP BY patient_id;", 2, "cheap"),
-    # syntax errors (stop the cell before the policy: no audit line)
+    # syntax errors (stop the cell before it runs; audited as refused)
     ("syntax_select", "SELEC 1;", 2, "cheap"),
     ("syntax_from", "SELECT FROM WHERE;", 1, "cheap"),
     # heavy

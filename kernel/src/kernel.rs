@@ -701,6 +701,10 @@ type CellError = (String, String, Vec<String>);
 /// `display_data`, the last an `execute_result`.
 fn run_cell(shared: &Shared, parent: &Value, code: &str, count: u64, silent: bool) -> Result<(), CellError> {
     let statements = parse::parse_cell(code).map_err(|e| {
+        if let Err(audit) = shared.policy.record_unparsed(code, &shared.requester, &e) {
+            let evalue = audit.to_string();
+            return (audit.kind().to_string(), evalue.clone(), traceback(audit.kind(), &evalue, code, None));
+        }
         let evalue = e.to_string();
         (e.kind().to_string(), evalue.clone(), traceback(e.kind(), &evalue, code, e.span()))
     })?;

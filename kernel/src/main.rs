@@ -222,11 +222,16 @@ fn query(config: &Path, format: Format, sql: &str) -> ExitCode {
         Ok(p) => p,
         Err(e) => return fail(format!("cannot open the audit log: {e}")),
     };
+    let who = Requester::from_env(format!("cli-{}", std::process::id()));
     let statements = match parse::parse_cell(sql) {
         Ok(s) => s,
-        Err(e) => return report(sql, &e.to_string(), e.span()),
+        Err(e) => {
+            if let Err(audit) = policy.record_unparsed(sql, &who, &e) {
+                return fail(audit);
+            }
+            return report(sql, &e.to_string(), e.span());
+        }
     };
-    let who = Requester::from_env(format!("cli-{}", std::process::id()));
     let cancel = CancelFlag::new();
     for statement in &statements {
         match policy.run(statement, &who, &cancel) {

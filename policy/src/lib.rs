@@ -94,6 +94,25 @@ impl Policy {
         outcome.map_err(|e| e.shifted(parsed.offset))
     }
 
+    /// Audits a cell that did not parse (nothing ran, nothing is released):
+    /// every request leaves a line, refused ones included.
+    pub fn record_unparsed(&self, cell: &str, who: &Requester, error: &safe_data_lang::Error) -> Result<()> {
+        let entry = Entry {
+            time: now_rfc3339(),
+            user: who.user.clone(),
+            session: who.session.clone(),
+            statement: cell.to_string(),
+            plan_hash: None,
+            verdict: Verdict::Refused,
+            rule: Some(error.kind().to_string()),
+            rows_released: 0,
+        };
+        self.audit.append(&entry).map_err(|e| {
+            tracing::error!("cannot append to the audit log {}: {e}", self.audit.path().display());
+            Error::Audit(e)
+        })
+    }
+
     fn evaluate(&self, parsed: &Parsed, cancel: &CancelFlag, plan_hash: &mut Option<String>) -> Result<Released> {
         match &parsed.statement {
             Statement::ShowTables => Ok(self.show_tables()),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -221,3 +222,23 @@ def test_chart_errors_name_the_columns(demo_kernel):
     assert "`month` is not a column of the result; it has region, n" in reply["content"]["evalue"]
     reply, _, _ = run(kc, "CHART PIE SELECT 1 AS a")
     assert "unknown chart kind `PIE`" in reply["content"]["evalue"]
+
+
+def test_cells_that_do_not_parse_are_audited(tmp_path, demo_config):
+    km, kc = limited_kernel(tmp_path, demo_config)
+    try:
+        audit = tmp_path / "state" / "audit.jsonl"
+        before = len(audit.read_text().splitlines()) if audit.exists() else 0
+        reply, _, _ = run(kc, "SELEC name FROM patients")
+        assert reply["content"]["ename"] == "SyntaxError"
+        lines = audit.read_text().splitlines()
+        assert len(lines) == before + 1
+        last = json.loads(lines[-1])
+        assert (last["verdict"], last["rule"], last["rows_released"]) == ("refused", "SyntaxError", 0)
+        assert last["statement"] == "SELEC name FROM patients"
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)
+    verified = subprocess.run([str(binary()), "audit", "verify", "--config", str(tmp_path / "safe-data.toml")],
+                              capture_output=True, text=True, timeout=60)
+    assert verified.returncode == 0, verified.stdout + verified.stderr
