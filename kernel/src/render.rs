@@ -168,21 +168,19 @@ fn table_schema_type(ty: SqlType) -> &'static str {
     }
 }
 
+/// The rows as JSON objects keyed by column name (a data resource's
+/// `data`, a chart's `values`).
+pub fn records(r: &Released) -> Vec<Json> {
+    r.rows()
+        .iter()
+        .map(|row| Json::Object(r.columns().iter().zip(row).map(|(c, v)| (c.name.clone(), v.to_json())).collect()))
+        .collect()
+}
+
 /// `application/vnd.dataresource+json` (Table Schema + records).
 pub fn data_resource(r: &Released) -> Json {
     let fields: Vec<Json> = r.columns().iter().map(|c| json!({"name": c.name, "type": table_schema_type(c.ty)})).collect();
-    let data: Vec<Json> = r
-        .rows()
-        .iter()
-        .map(|row| {
-            let mut m = Map::new();
-            for (c, v) in r.columns().iter().zip(row) {
-                m.insert(c.name.clone(), v.to_json());
-            }
-            Json::Object(m)
-        })
-        .collect();
-    json!({"schema": {"fields": fields}, "data": data})
+    json!({"schema": {"fields": fields}, "data": records(r)})
 }
 
 /// The MIME bundle of a released result.

@@ -51,17 +51,7 @@ fn column_of(r: &Released, name: &str) -> Option<usize> {
 
 /// The spec for a released result that carries a chart.
 pub fn spec(r: &Released, chart: &Chart) -> Json {
-    let values: Vec<Json> = r
-        .rows()
-        .iter()
-        .map(|row| {
-            let mut m = Map::new();
-            for (c, v) in r.columns().iter().zip(row) {
-                m.insert(c.name.clone(), v.to_json());
-            }
-            Json::Object(m)
-        })
-        .collect();
+    let values = crate::render::records(r);
     let mut encoding = Map::new();
     let mark = match chart.kind {
         ChartKind::Bar => {
