@@ -97,6 +97,15 @@ impl ChartSpec {
     fn get(&self, key: &str) -> Option<&ChartOption> {
         self.options.iter().find(|o| o.key == key)
     }
+
+    /// The `title` option, which every kind takes.
+    fn title(&self) -> Result<Option<String>> {
+        match self.get("title") {
+            None => Ok(None),
+            Some(ChartOption { value: OptionValue::Text(t), .. }) => Ok(Some(t.clone())),
+            Some(o) => Err(Error::invalid("`title` takes a 'quoted text'", Some(o.span))),
+        }
+    }
 }
 
 impl fmt::Display for ChartSpec {
@@ -265,11 +274,7 @@ pub fn resolve(spec: &ChartSpec, columns: &[(String, SqlType)]) -> Result<Chart>
             }
         }
     };
-    let title = match spec.get("title") {
-        None => None,
-        Some(ChartOption { value: OptionValue::Text(t), .. }) => Some(t.clone()),
-        Some(o) => return Err(Error::invalid("`title` takes a 'quoted text'", Some(o.span))),
-    };
+    let title = spec.title()?;
     let enc = |(n, ty): &(String, SqlType)| Encoding { field: n.clone(), ty: *ty };
     let x = match find("x")? {
         Some(x) => x,
@@ -366,11 +371,7 @@ pub fn histogram_sql(spec: &ChartSpec, text: &str, query: &ast::Query, bound: &Q
          FROM {from_sql}\n GROUP BY 1) AS histogram ORDER BY bin_start",
         w = num(width)
     );
-    let title = match spec.get("title") {
-        None => None,
-        Some(ChartOption { value: OptionValue::Text(t), .. }) => Some(t.clone()),
-        Some(o) => return Err(Error::invalid("`title` takes a 'quoted text'", Some(o.span))),
-    };
+    let title = spec.title()?;
     let chart = Chart {
         kind: ChartKind::Histogram,
         x: Encoding { field: "bin_start".into(), ty: SqlType::Double },

@@ -86,11 +86,7 @@ impl Policy {
             rows_released: rows,
         };
         // Fail closed: no audit line, no result.
-        if let Err(e) = self.audit.append(&entry) {
-            // The I/O error names the file and the failure, never data.
-            tracing::error!("cannot append to the audit log {}: {e}", self.audit.path().display());
-            return Err(Error::Audit(e));
-        }
+        self.append_audit(&entry)?;
         outcome.map_err(|e| e.shifted(parsed.offset))
     }
 
@@ -107,7 +103,12 @@ impl Policy {
             rule: Some(error.kind().to_string()),
             rows_released: 0,
         };
-        self.audit.append(&entry).map_err(|e| {
+        self.append_audit(&entry)
+    }
+
+    fn append_audit(&self, entry: &Entry) -> Result<()> {
+        self.audit.append(entry).map_err(|e| {
+            // The I/O error names the file and the failure, never data.
             tracing::error!("cannot append to the audit log {}: {e}", self.audit.path().display());
             Error::Audit(e)
         })
