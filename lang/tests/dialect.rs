@@ -126,7 +126,7 @@ fn run(catalog: &Catalog, sql: &str) -> Outcome {
         Ok(l) => l,
         Err(e) => return err(e),
     };
-    let df = match engine::collect(lowered.frame, &CancelFlag::new(), engine::Limits::time_only(Duration::from_secs(30)), true) {
+    let df = match engine::collect(lowered.frame, &CancelFlag::new(), engine::Limits::time_only(Duration::from_secs(30))) {
         Ok(df) => df,
         Err(e) => return err(e),
     };

@@ -156,17 +156,13 @@ impl Policy {
         }
         let server = &self.catalog.config.server;
         let limits = engine::Limits { timeout: server.query_timeout, memory_bytes: Some((server.max_memory_mb as usize).saturating_mul(1 << 20)) };
-        // The streaming engine: with people counted by row where the unit is
-        // unique, it beats the in-memory one on protected plans too (CPU time,
-        // bench/), and it stops within milliseconds when told to.
-        let streaming = true;
         if tracing::enabled!(tracing::Level::TRACE) {
             // The plan holds the statement's own literals and the sources' paths, never data.
             if let Ok(plan) = lowered.frame.clone().describe_optimized_plan() {
                 tracing::trace!("optimized plan:\n{plan}");
             }
         }
-        let df = engine::collect(lowered.frame, cancel, limits, streaming)?;
+        let df = engine::collect(lowered.frame, cancel, limits)?;
         release::release(
             &df,
             &ReleaseInput {
