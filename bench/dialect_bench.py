@@ -51,6 +51,7 @@ import polars as pl  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
+from common import git_commit  # noqa: E402  (bench/ is the script folder, first on sys.path)
 SEED = 20240611
 GOAL_VS_POLARS = 1.15
 
@@ -216,16 +217,6 @@ def timed(fn: Callable[[], tuple[float, int]], runs: int) -> dict[str, Any]:
 # --------------------------------------------------------------------------
 
 
-def git_commit() -> str:
-    """HEAD of the work tree the binary was presumably built from, with `-dirty` for local changes."""
-    try:
-        head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
-                              text=True, timeout=30).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=30).stdout.strip()
-        return head + ("-dirty" if dirty else "")
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
 
 
 def main() -> int:

@@ -41,6 +41,7 @@ from jupyter_client.manager import KernelManager
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
+from common import git_commit  # noqa: E402  (bench/ is the script folder, first on sys.path)
 TIMEOUT_S = 60
 
 GOALS = {"startup": 0.1, "roundtrip_p50": 0.5, "idle_rss": 0.5}
@@ -181,16 +182,6 @@ def setup(binary: Path, work: Path, patients: int) -> dict[str, str]:
     return {"safe-data": "bench-safe-data", "ipykernel": "bench-ipykernel"}
 
 
-def git_commit() -> str:
-    """HEAD of the work tree the binary was presumably built from, with `-dirty` for local changes."""
-    try:
-        head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
-                              text=True, timeout=30).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=30).stdout.strip()
-        return head + ("-dirty" if dirty else "")
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
 
 
 def main() -> int:

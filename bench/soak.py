@@ -45,6 +45,7 @@ from jupyter_client.manager import KernelManager
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
+from common import git_commit  # noqa: E402  (bench/ is the script folder, first on sys.path)
 TIMEOUT_S = 120  # bound on any single request
 KERNEL_NAME = "soak-safe-data"
 
@@ -150,15 +151,6 @@ def count_lines(path: Path) -> int:
         return sum(1 for _ in f)
 
 
-def git_commit() -> str:
-    try:
-        head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
-                              text=True, timeout=30).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=30).stdout.strip()
-        return head + ("-dirty" if dirty else "")
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
 
 
 class Client:
