@@ -60,6 +60,8 @@ import zmq
 from jupyter_client.blocking import BlockingKernelClient
 from jupyter_client.connect import write_connection_file
 
+from messages import iopub_until_idle
+
 STARTUP_TIMEOUT_S = 60
 # "Within a few seconds": the bound on the good client after hostile input.
 HEALTHY_WITHIN_S = 5.0
@@ -326,22 +328,7 @@ def _shell_reply(k: Kernel, msg_id: str, deadline: float, what: str) -> dict[str
 
 
 def _iopub_until_idle(k: Kernel, msg_id: str, deadline: float) -> list[dict[str, Any]]:
-    msgs: list[dict[str, Any]] = []
-    while True:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise AssertionError(
-                f"the good client got no idle status in time; got {[m['msg_type'] for m in msgs]}\n{k.log_tail()}"
-            )
-        try:
-            msg = k.kc.get_iopub_msg(timeout=remaining)
-        except Empty:
-            continue
-        if msg["parent_header"].get("msg_id") != msg_id:
-            continue
-        msgs.append(msg)
-        if msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
-            return msgs
+    return iopub_until_idle(k.kc, msg_id, deadline, k.log_tail)
 
 
 def good_execute(k: Kernel, code: str, deadline: float, **kwargs: Any) -> tuple[dict[str, Any], list[dict[str, Any]]]:

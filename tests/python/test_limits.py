@@ -12,6 +12,8 @@ import json
 import re
 import subprocess
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +22,7 @@ from jupyter_client.kernelspec import KernelSpecManager
 from jupyter_client.manager import KernelManager, start_new_kernel
 
 from conftest import binary
+from messages import iopub_until_idle
 
 STARTUP_TIMEOUT_S = 60
 REPLY_TIMEOUT_S = 60
@@ -33,8 +36,9 @@ EXPLODING = (
 )
 
 
-def limited_kernel(tmp_path: Path, demo_config: Path, **server: int):
-    """A kernel on the demo data with `server` settings overridden."""
+@contextmanager
+def limited_kernel(tmp_path: Path, demo_config: Path, **server: int) -> Iterator[tuple[KernelManager, Any]]:
+    """A kernel on the demo data with `server` settings overridden, shut down on exit."""
     text = demo_config.read_text()
     data = demo_config.parent / "data"
     text = text.replace('"data/', f'"{data}/')
@@ -62,8 +66,12 @@ def limited_kernel(tmp_path: Path, demo_config: Path, **server: int):
     km.start_kernel()
     kc = km.client()
     kc.start_channels()
-    kc.wait_for_ready(timeout=STARTUP_TIMEOUT_S)
-    return km, kc
+    try:
+        kc.wait_for_ready(timeout=STARTUP_TIMEOUT_S)
+        yield km, kc
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)
 
 
 def run(kc, code: str, timeout: float = REPLY_TIMEOUT_S) -> tuple[dict[str, Any], list[dict[str, Any]], float]:
@@ -77,15 +85,7 @@ def run(kc, code: str, timeout: float = REPLY_TIMEOUT_S) -> tuple[dict[str, Any]
         if m["parent_header"].get("msg_id") == msg_id:
             reply = m
     took = time.monotonic() - started
-    outputs = []
-    while True:
-        m = kc.get_iopub_msg(timeout=max(deadline - time.monotonic(), 0.1))
-        if m["parent_header"].get("msg_id") != msg_id:
-            continue
-        if m["msg_type"] == "status" and m["content"]["execution_state"] == "idle":
-            break
-        outputs.append(m)
-    return reply, outputs, took
+    return reply, iopub_until_idle(kc, msg_id, deadline), took
 
 
 @pytest.fixture
@@ -99,9 +99,8 @@ def demo_kernel(kernel_name: str):
 
 
 def test_timeout_stops_the_query_not_the_kernel(tmp_path, demo_config):
-    km, kc = limited_kernel(tmp_path, demo_config, query_timeout_s=1)
-    try:
-        reply, outputs, took = run(kc, EXPLODING)
+    with limited_kernel(tmp_path, demo_config, query_timeout_s=1) as (_, kc):
+        reply, _, took = run(kc, EXPLODING)
         assert reply["content"]["status"] == "error"
         assert reply["content"]["ename"] == "Timeout", reply["content"]
         assert "1 s limit" in reply["content"]["evalue"]
@@ -109,15 +108,11 @@ def test_timeout_stops_the_query_not_the_kernel(tmp_path, demo_config):
         reply, _, took = run(kc, "SELECT COUNT(*) AS n FROM regions")
         assert reply["content"]["status"] == "ok"
         assert took < 5
-    finally:
-        kc.stop_channels()
-        km.shutdown_kernel(now=True)
 
 
 def test_memory_budget_stops_the_query_not_the_kernel(tmp_path, demo_config):
-    km, kc = limited_kernel(tmp_path, demo_config, max_memory_mb=300)
-    try:
-        reply, _, took = run(kc, EXPLODING)
+    with limited_kernel(tmp_path, demo_config, max_memory_mb=300) as (km, kc):
+        reply, _, _ = run(kc, EXPLODING)
         assert reply["content"]["status"] == "error"
         assert reply["content"]["ename"] == "MemoryLimit", reply["content"]
         assert "300 MiB" in reply["content"]["evalue"]
@@ -128,9 +123,6 @@ def test_memory_budget_stops_the_query_not_the_kernel(tmp_path, demo_config):
         assert peak_kib < 300 * 1024 * 2, f"peak RSS {peak_kib} KiB with a 300 MiB budget"
         reply, _, _ = run(kc, "SELECT sex, COUNT(*) AS n FROM patients GROUP BY sex")
         assert reply["content"]["status"] == "ok"
-    finally:
-        kc.stop_channels()
-        km.shutdown_kernel(now=True)
 
 
 def test_interrupt_stops_within_a_second_and_progress_is_shown(demo_kernel):
@@ -146,14 +138,7 @@ def test_interrupt_stops_within_a_second_and_progress_is_shown(demo_kernel):
     took = time.monotonic() - sent
     assert m["content"]["ename"] == "Interrupted", m["content"]
     assert took < 1.5, f"the interrupt took {took:.2f} s"
-    outputs = []
-    while True:
-        o = kc.get_iopub_msg(timeout=10)
-        if o["parent_header"].get("msg_id") != msg_id:
-            continue
-        if o["msg_type"] == "status" and o["content"]["execution_state"] == "idle":
-            break
-        outputs.append(o)
+    outputs = iopub_until_idle(kc, msg_id, time.monotonic() + 10)
     # The cell ran past a second: an updating display with the elapsed time.
     shown = [o for o in outputs if o["msg_type"] == "display_data" and o["content"].get("transient", {}).get("display_id")]
     assert len(shown) == 1, [o["msg_type"] for o in outputs]
@@ -225,8 +210,7 @@ def test_chart_errors_name_the_columns(demo_kernel):
 
 
 def test_cells_that_do_not_parse_are_audited(tmp_path, demo_config):
-    km, kc = limited_kernel(tmp_path, demo_config)
-    try:
+    with limited_kernel(tmp_path, demo_config) as (_, kc):
         audit = tmp_path / "state" / "audit.jsonl"
         before = len(audit.read_text().splitlines()) if audit.exists() else 0
         reply, _, _ = run(kc, "SELEC name FROM patients")
@@ -236,9 +220,6 @@ def test_cells_that_do_not_parse_are_audited(tmp_path, demo_config):
         last = json.loads(lines[-1])
         assert (last["verdict"], last["rule"], last["rows_released"]) == ("refused", "SyntaxError", 0)
         assert last["statement"] == "SELEC name FROM patients"
-    finally:
-        kc.stop_channels()
-        km.shutdown_kernel(now=True)
     verified = subprocess.run([str(binary()), "audit", "verify", "--config", str(tmp_path / "safe-data.toml")],
                               capture_output=True, text=True, timeout=60)
     assert verified.returncode == 0, verified.stdout + verified.stderr

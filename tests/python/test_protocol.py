@@ -17,6 +17,8 @@ import zmq
 from jupyter_client.manager import KernelManager, start_new_kernel
 from jupyter_client.session import Session
 
+import messages
+
 STARTUP_TIMEOUT_S = 60
 REPLY_TIMEOUT_S = 30
 # How long a dropped message is given to (wrongly) produce an answer.
@@ -75,23 +77,7 @@ def shell_reply(kc, msg_id: str, timeout: float = REPLY_TIMEOUT_S) -> dict[str, 
 
 def iopub_until_idle(kc, msg_id: str, timeout: float = REPLY_TIMEOUT_S) -> list[dict[str, Any]]:
     """The iopub messages whose parent is `msg_id`, up to and including `idle`."""
-    deadline = time.monotonic() + timeout
-    msgs: list[dict[str, Any]] = []
-    while True:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise AssertionError(
-                f"no idle status for {msg_id} within {timeout} s; got {[m['msg_type'] for m in msgs]}"
-            )
-        try:
-            msg = kc.get_iopub_msg(timeout=remaining)
-        except Empty:
-            continue
-        if msg["parent_header"].get("msg_id") != msg_id:
-            continue
-        msgs.append(msg)
-        if msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
-            return msgs
+    return messages.iopub_until_idle(kc, msg_id, time.monotonic() + timeout)
 
 
 def iopub_for(kc, msg_id: str, window: float) -> list[dict[str, Any]]:
