@@ -61,6 +61,19 @@ impl Error {
         }
     }
 
+    /// The span field of the kinds that have one.
+    fn span_mut(&mut self) -> Option<&mut Option<Span>> {
+        match self {
+            Error::Syntax { span, .. }
+            | Error::Unsupported { span, .. }
+            | Error::UnknownTable { span, .. }
+            | Error::UnknownColumn { span, .. }
+            | Error::AmbiguousColumn { span, .. }
+            | Error::Invalid { span, .. } => Some(span),
+            _ => None,
+        }
+    }
+
     /// A short, stable name for the error kind (Jupyter's `ename`).
     pub fn kind(&self) -> &'static str {
         match self {
@@ -80,14 +93,8 @@ impl Error {
 
     /// Replaces the span of an error that has one.
     pub fn respanned(mut self, new: Option<Span>) -> Self {
-        match &mut self {
-            Error::Syntax { span, .. }
-            | Error::Unsupported { span, .. }
-            | Error::UnknownTable { span, .. }
-            | Error::UnknownColumn { span, .. }
-            | Error::AmbiguousColumn { span, .. }
-            | Error::Invalid { span, .. } => *span = new,
-            _ => {}
+        if let Some(span) = self.span_mut() {
+            *span = new;
         }
         self
     }
@@ -95,18 +102,8 @@ impl Error {
     /// Moves the span (if any) by `offset` bytes: used when a statement was
     /// parsed out of a larger cell.
     pub fn shifted(mut self, offset: usize) -> Self {
-        match &mut self {
-            Error::Syntax { span, .. }
-            | Error::Unsupported { span, .. }
-            | Error::UnknownTable { span, .. }
-            | Error::UnknownColumn { span, .. }
-            | Error::AmbiguousColumn { span, .. }
-            | Error::Invalid { span, .. } => {
-                if let Some(s) = span {
-                    *s = s.shifted(offset);
-                }
-            }
-            _ => {}
+        if let Some(Some(span)) = self.span_mut() {
+            *span = span.shifted(offset);
         }
         self
     }
