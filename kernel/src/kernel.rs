@@ -551,11 +551,29 @@ fn traceback(ename: &str, evalue: &str, cell: &str, span: Option<safe_data_lang:
 /// client sent before it saw the error (they are still on the wire).
 const IN_FLIGHT_GRACE: std::time::Duration = std::time::Duration::from_millis(30);
 
+/// Idle this long after an execution, the kernel hands memory back to the
+/// OS ([`crate::memory::trim`]). Long enough that back-to-back cells (a
+/// notebook run) never pay for faulting pages back in.
+const IDLE_TRIM_AFTER: std::time::Duration = std::time::Duration::from_millis(500);
+
 fn evaluation_loop(shared: Arc<Shared>, jobs: std_mpsc::Receiver<Job>) {
     // Executions with a rank up to this were sent before an error the
     // client had not seen yet: they are answered `aborted`.
     let mut abort_up_to = 0;
-    while let Ok(job) = jobs.recv() {
+    // Start-up trimmed already; each execution dirties memory again.
+    let mut trimmed = true;
+    loop {
+        let next = if trimmed { jobs.recv().map_err(|_| std_mpsc::RecvTimeoutError::Disconnected) } else { jobs.recv_timeout(IDLE_TRIM_AFTER) };
+        let job = match next {
+            Ok(job) => job,
+            Err(std_mpsc::RecvTimeoutError::Timeout) => {
+                crate::memory::trim();
+                trimmed = true;
+                continue;
+            }
+            Err(std_mpsc::RecvTimeoutError::Disconnected) => break,
+        };
+        trimmed = false;
         if job.seq <= abort_up_to {
             shared.status(&job.msg.header, "busy");
             let count = shared.counter.lock().map(|c| c.execution_count).unwrap_or(0);

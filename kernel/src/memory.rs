@@ -61,6 +61,27 @@ pub fn in_use() -> usize {
     IN_USE.load(Ordering::Relaxed)
 }
 
+/// Returns what an idle kernel does not need to the OS: jemalloc's freed
+/// but still mapped pages (it keeps them for seconds and purges only when
+/// allocating, so an idle process never would) and the binary's clean pages
+/// (see [`map_binary_sparsely`]). Called when the kernel has been idle for a
+/// moment; the next request faults back the pages it uses from the page
+/// cache (about a millisecond), so a busy kernel never pays for it.
+pub fn trim() {
+    // "arena.<MALLCTL_ARENAS_ALL>.purge": every arena, no argument.
+    const PURGE_ALL: &[u8] = b"arena.4096.purge\0";
+    const FLUSH_TCACHE: &[u8] = b"thread.tcache.flush\0";
+    // SAFETY: both names are NUL-terminated mallctl names of void
+    // controls, which take and return nothing (null pointers, length 0).
+    // Failure (another allocator) is reported as an error code, ignored.
+    unsafe {
+        use std::ptr::null_mut;
+        tikv_jemalloc_sys::mallctl(FLUSH_TCACHE.as_ptr().cast(), null_mut(), null_mut(), null_mut(), 0);
+        tikv_jemalloc_sys::mallctl(PURGE_ALL.as_ptr().cast(), null_mut(), null_mut(), null_mut(), 0);
+    }
+    map_binary_sparsely();
+}
+
 /// Keeps the binary's resident pages to those the kernel uses. The binary
 /// is large (polars) and a kernel touches a scattered few of its functions,
 /// but the loader has read all of its relocation tables, and every page

@@ -11,8 +11,9 @@ use crate::error::{Error, Result};
 use crate::ir::AggFunc;
 use crate::types::SqlType;
 use polars::prelude::*;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
 /// A column a query may reference.
 #[derive(Debug, Clone)]
@@ -35,6 +36,31 @@ enum Source {
     Csv { path: PathBuf, frame: OnceLock<std::result::Result<DataFrame, String>> },
 }
 
+/// Whether a column's values repeat, as the lowering needs to know it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Uniqueness {
+    /// On every row, never twice.
+    Key,
+    /// Never twice, but missing on some rows.
+    UniqueWithNulls,
+    /// Some value occurs twice (or it could not be checked).
+    Repeats,
+}
+
+impl Uniqueness {
+    fn as_str(self) -> &'static str {
+        match self {
+            Uniqueness::Key => "key",
+            Uniqueness::UniqueWithNulls => "unique-with-nulls",
+            Uniqueness::Repeats => "repeats",
+        }
+    }
+
+    fn parse(text: &str) -> Option<Uniqueness> {
+        [Uniqueness::Key, Uniqueness::UniqueWithNulls, Uniqueness::Repeats].into_iter().find(|u| u.as_str() == text)
+    }
+}
+
 #[derive(Debug)]
 pub struct Table {
     pub name: String,
@@ -48,10 +74,10 @@ pub struct Table {
     /// Visible columns only, in source order.
     pub columns: Vec<Column>,
     source: Source,
-    /// Whether each row has its own person (see [`Table::unit_is_unique`]).
-    unit_unique: OnceLock<bool>,
-    /// Where that verdict is kept between kernels (per version of the source).
-    unit_unique_cache: Option<PathBuf>,
+    /// Per source column: whether its values repeat (see [`Table::column_is_unique`]).
+    unique: Mutex<HashMap<String, Uniqueness>>,
+    /// Where those verdicts are kept between kernels (`state_dir/cache`).
+    cache_dir: PathBuf,
 }
 
 impl Table {
@@ -67,34 +93,68 @@ impl Table {
 
     /// Whether the privacy unit never repeats (one row per person). Then
     /// counting the people of a group needs no distinct count: every kept row
-    /// with a unit is another person. Computed once per version of the
-    /// source (one pass over the unit column) and kept in `state_dir/cache`;
-    /// any failure answers `false`, the always-correct slow path.
+    /// with a unit is another person.
     pub fn unit_is_unique(&self) -> bool {
-        *self.unit_unique.get_or_init(|| {
-            let Some(unit) = self.privacy_unit.as_deref() else { return false };
-            if let Some(verdict) = self.unit_unique_cache.as_ref().and_then(|p| std::fs::read_to_string(p).ok()) {
-                return verdict.trim() == "unique";
-            }
-            let counted = self.scan().ok().and_then(|lf| {
-                lf.select([
-                    col(unit).drop_nulls().n_unique().cast(DataType::UInt64).alias("distinct"),
-                    col(unit).count().cast(DataType::UInt64).alias("rows"),
-                ])
-                .collect()
-                .ok()
-            });
-            let Some(df) = counted else { return false };
-            let get = |name: &str| df.column(name).ok().and_then(|c| c.u64().ok()).and_then(|c| c.get(0));
-            let unique = matches!((get("distinct"), get("rows")), (Some(d), Some(r)) if d == r);
-            if let Some(path) = &self.unit_unique_cache {
-                let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-                if std::fs::write(&tmp, if unique { "unique\n" } else { "repeated\n" }).is_ok() {
-                    let _ = std::fs::rename(&tmp, path);
+        self.privacy_unit.as_deref().is_some_and(|unit| self.column_is_unique(unit))
+    }
+
+    /// Whether every row has a privacy unit and none repeats: then a group's
+    /// people are its rows, counted without reading the unit at all.
+    pub fn unit_is_row_key(&self) -> bool {
+        self.privacy_unit.as_deref().is_some_and(|unit| self.uniqueness(unit) == Uniqueness::Key)
+    }
+
+    /// Whether the non-null values of source column `name` never repeat.
+    pub fn column_is_unique(&self, name: &str) -> bool {
+        self.uniqueness(name) != Uniqueness::Repeats
+    }
+
+    /// Computed once per version of the source (one pass over the column)
+    /// and kept in `state_dir/cache`; any failure answers `Repeats`, the
+    /// always-correct slow path. The verdict only chooses how the lowering
+    /// counts people; it never reaches the data scientist.
+    fn uniqueness(&self, name: &str) -> Uniqueness {
+        let mut known = self.unique.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(&verdict) = known.get(name) {
+            return verdict;
+        }
+        let cache = source_version(self.source_path(), &(&self.name, name))
+            .map(|v| self.cache_dir.join(format!("{}-{v:016x}.unique", self.name)));
+        let cached = cache.as_ref().and_then(|p| std::fs::read_to_string(p).ok()).and_then(|text| Uniqueness::parse(text.trim()));
+        let verdict = match cached {
+            Some(verdict) => verdict,
+            None => {
+                let verdict = self.count_uniqueness(name);
+                if let Some(path) = &cache {
+                    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+                    if std::fs::write(&tmp, format!("{}\n", verdict.as_str())).is_ok() {
+                        let _ = std::fs::rename(&tmp, path);
+                    }
                 }
+                verdict
             }
-            unique
-        })
+        };
+        known.insert(name.to_string(), verdict);
+        verdict
+    }
+
+    fn count_uniqueness(&self, name: &str) -> Uniqueness {
+        let counted = self.scan().ok().and_then(|lf| {
+            lf.select([
+                col(name).drop_nulls().n_unique().cast(DataType::UInt64).alias("distinct"),
+                col(name).count().cast(DataType::UInt64).alias("values"),
+                len().cast(DataType::UInt64).alias("rows"),
+            ])
+            .collect()
+            .ok()
+        });
+        let Some(df) = counted else { return Uniqueness::Repeats };
+        let get = |name: &str| df.column(name).ok().and_then(|c| c.u64().ok()).and_then(|c| c.get(0));
+        match (get("distinct"), get("values"), get("rows")) {
+            (Some(d), Some(v), Some(r)) if d == v && v == r => Uniqueness::Key,
+            (Some(d), Some(v), Some(_)) if d == v => Uniqueness::UniqueWithNulls,
+            _ => Uniqueness::Repeats,
+        }
     }
 
     /// A lazy scan of the whole source (all columns, including hidden ones:
@@ -306,9 +366,6 @@ fn open_table(config: &Config, t: &TableConfig) -> Result<Table> {
     } else {
         Source::Parquet(t.source.clone())
     };
-    let unit_unique_cache = t.privacy_unit.as_ref().and_then(|unit| {
-        source_version(&t.source, &(&t.name, unit)).map(|v| config.server.state_dir.join("cache").join(format!("{}-{v:016x}.unit", t.name)))
-    });
     Ok(Table {
         name: t.name.clone(),
         description: t.description.clone(),
@@ -318,7 +375,7 @@ fn open_table(config: &Config, t: &TableConfig) -> Result<Table> {
         join_keys: t.join_keys.clone(),
         columns,
         source,
-        unit_unique: OnceLock::new(),
-        unit_unique_cache,
+        unique: Mutex::new(HashMap::new()),
+        cache_dir: config.server.state_dir.join("cache"),
     })
 }

@@ -223,3 +223,41 @@ def test_cells_that_do_not_parse_are_audited(tmp_path, demo_config):
     verified = subprocess.run([str(binary()), "audit", "verify", "--config", str(tmp_path / "safe-data.toml")],
                               capture_output=True, text=True, timeout=60)
     assert verified.returncode == 0, verified.stdout + verified.stderr
+
+
+def _rss_kib(pid: int) -> int:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(re.search(r"VmRSS:\s+(\d+)", status).group(1))
+
+
+def _result_text(messages: list[dict[str, Any]]) -> str:
+    return "".join(
+        m["content"]["data"].get("text/plain", "")
+        for m in messages
+        if m["header"]["msg_type"] in ("execute_result", "display_data")
+    )
+
+
+def test_idle_kernel_returns_memory_and_still_answers(demo_kernel):
+    """After 0.5 s idle the kernel hands freed and code pages back to the OS;
+    the pages it needs come back on use and the answers do not change."""
+    km, kc = demo_kernel
+    pid = km.provisioner.pid
+    queries = [
+        "SELECT sex, COUNT(*) AS n, AVG(age) AS mean_age FROM patients GROUP BY sex ORDER BY sex",
+        "CHART BAR SELECT region, COUNT(*) AS n FROM patients GROUP BY region ORDER BY region",
+        "SELECT 1 AS one",
+    ]
+    before = []
+    for q in queries:
+        reply, messages, _ = run(kc, q)
+        assert reply["content"]["status"] == "ok", reply["content"]
+        before.append(_result_text(messages))
+    busy = _rss_kib(pid)
+    time.sleep(2.0)
+    idle = _rss_kib(pid)
+    assert idle < busy, f"RSS {busy} KiB right after the cells, {idle} KiB after 2 s idle"
+    for q, expected in zip(queries, before):
+        reply, messages, _ = run(kc, q)
+        assert reply["content"]["status"] == "ok", reply["content"]
+        assert _result_text(messages) == expected

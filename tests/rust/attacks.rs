@@ -117,6 +117,11 @@ cost       = {{ role = "measure", bounds = [0, 1000], aggregates = ["median"] }}
 source = '{fx}/regions.csv'
 description = "Public figures per region"
 public = true
+
+[tables.region_wards]
+source = '{fx}/region_wards.csv'
+description = "Eight wards per region: the region repeats"
+public = true
 "#
         );
         let path = dir.join("safe-data.toml");
@@ -786,6 +791,44 @@ fn family5_visits_fan_out_counts_people() {
         "SELECT COUNT(*), AVG(p.bmi) FROM visits v JOIN patients p ON v.patient_id = p.patient_id WHERE p.region = 'Isle'",
         Rule::MinGroupSize,
     );
+}
+
+/// Family 5: a public table whose join key repeats copies each person's row
+/// (eight wards per region: the Isle patient becomes eight rows), and a join
+/// onto a key that does not repeat keeps one row per person. People must be
+/// counted, not rows, in the first case; the second may count rows, and both
+/// must give the same people as the raw data.
+#[test]
+fn family5_join_fan_out_onto_a_public_table_counts_people() {
+    let lab = Lab::new();
+    // Eight copies of one person are still one person: Isle stays hidden.
+    let rel = lab
+        .hidden_or_refused(
+            "SELECT p.region, COUNT(*) AS n, SUM(p.bmi) AS s FROM patients p JOIN region_wards w ON p.region = w.region GROUP BY p.region",
+            |r| text(&r[0]) == "Isle",
+        )
+        .expect("the other regions are releasable");
+    assert_eq!(rel.rows().len(), 3, "{:?}", rel.rows());
+    let north = row_of(&rel, "North").expect("North is released");
+    assert_eq!(int(&north[1]), 160, "20 patients × 8 wards");
+    lab.refused_by(
+        "SELECT COUNT(*), AVG(p.bmi) FROM patients p JOIN region_wards w ON p.region = w.region WHERE p.region = 'Isle'",
+        Rule::MinGroupSize,
+    );
+    lab.hidden_or_refused(
+        "SELECT w.ward, COUNT(*) AS n FROM patients p JOIN region_wards w ON p.region = w.region GROUP BY w.ward",
+        |r| text(&r[0]).starts_with('I'),
+    )
+    .expect("the wards of the other regions are releasable");
+    // regions.region does not repeat: one row per person, and Isle (no
+    // region row) is dropped by the join: North, South and East are whole.
+    let rel = lab.released("SELECT p.sex, COUNT(*) AS n, COUNT(DISTINCT p.patient_id) AS people FROM patients p JOIN regions r ON p.region = r.region GROUP BY p.sex ORDER BY p.sex");
+    assert!(rel.rows().is_empty() || rel.rows().iter().all(|r| int(&r[1]) == int(&r[2])), "{:?}", rel.rows());
+    // The join removed only the Isle patient (M) from the M group: the
+    // differencing check hides M, F (nobody removed) is released whole.
+    let f = row_of(&rel, "F").expect("F lost no one to the join");
+    assert_eq!(int(&f[1]), 30);
+    assert!(row_of(&rel, "M").is_none(), "M lost exactly one person to the join: {:?}", rel.rows());
 }
 
 // ---------------------------------------------------------------------------

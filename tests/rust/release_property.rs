@@ -45,7 +45,8 @@ const D3: &[&str] = &["x", "y"];
 
 #[derive(Debug, Clone)]
 struct Row {
-    pid: i64,
+    /// The privacy unit; a row without one is nobody's.
+    pid: Option<i64>,
     d1: Option<&'static str>,
     d2: Option<i64>,
     d3: Option<&'static str>,
@@ -65,13 +66,20 @@ fn gen_case(rng: &mut fastrand::Rng) -> Case {
     let people = rng.i64(1..=25);
     let null_rate = if rng.bool() { 0 } else { rng.u32(1..=15) };
     let null = |rng: &mut fastrand::Rng| null_rate > 0 && rng.u32(0..100) < null_rate;
+    // Units that repeat (the usual case), one per row, or one per row with
+    // gaps: each takes another way of counting people in the lowering.
+    let units = rng.u32(0..4);
     let mut rows = Vec::with_capacity(n);
     for i in 0..n {
         // The first row has no nulls, so the CSV reader infers every column's type.
         let first = i == 0;
         let m = if rng.u32(0..4) == 0 { rng.f64() * 160.0 - 30.0 } else { rng.f64() * 100.0 };
         rows.push(Row {
-            pid: rng.i64(1..=people),
+            pid: match units {
+                0 | 1 => Some(rng.i64(1..=people)),
+                2 => Some(i as i64 + 1),
+                _ => (first || rng.u32(0..5) > 0).then_some(i as i64 + 1),
+            },
             d1: if !first && null(rng) { None } else { Some(D1[rng.usize(0..D1.len())]) },
             d2: if !first && null(rng) { None } else { Some(rng.i64(0..=2)) },
             d3: if !first && null(rng) { None } else { Some(D3[rng.usize(0..D3.len())]) },
@@ -90,7 +98,7 @@ fn csv_of(rows: &[Row]) -> String {
         let _ = writeln!(
             out,
             "{},{},{},{},{},{}",
-            r.pid,
+            opt(r.pid.map(|x| x.to_string())),
             opt(r.d1.map(str::to_string)),
             opt(r.d2.map(|x| x.to_string())),
             opt(r.d3.map(str::to_string)),
@@ -361,7 +369,7 @@ impl Query {
 }
 
 fn people<'a>(rows: impl Iterator<Item = &'a Row>) -> usize {
-    rows.map(|r| r.pid).collect::<BTreeSet<_>>().len()
+    rows.filter_map(|r| r.pid).collect::<BTreeSet<_>>().len()
 }
 
 /// One group of the recomputation.

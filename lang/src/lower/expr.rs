@@ -333,8 +333,10 @@ pub(crate) fn aggregate(func: AggFunc, args: &[Expr], distinct: bool, ty: SqlTyp
     let per_row = |e: &Expr| -> Result<PExpr> { Ok(per_row(e, lower(e, &none)?)) };
     let arg = |i: usize| -> Result<PExpr> {
         let x = per_row(&args[i])?;
+        // Masked, not filtered: a filter inside a group-by takes polars'
+        // slow per-group path. Every aggregate below skips nulls.
         Ok(match keep {
-            Some(k) => x.filter(k.clone()),
+            Some(k) => pl::when(k.clone()).then(x).otherwise(lit(pl::Null {})),
             None => x,
         })
     };

@@ -7,10 +7,15 @@
 //! - every scan of a protected table carries its privacy unit column
 //!   (`__u*`) and clamps bounded numeric columns to their bounds;
 //! - below the aggregation, WHERE does not drop rows but ANDs into a keep
-//!   flag (`__keep`); aggregates read only kept rows, groups are formed over
-//!   all rows, and groups with no kept row are dropped;
+//!   flag (`__keep`); aggregates read only kept rows (the others are masked
+//!   to NULL), groups are formed over all rows, and a group with no kept row
+//!   stays, as a thin row the release hides (dropping it would tell "no one"
+//!   from "fewer than k");
+//! - a join is a full join whose "matched" ANDs into the same keep flag;
 //! - the aggregation adds, per privacy unit, the distinct units kept and the
-//!   distinct units in the unfiltered group, and turns them into two flags
+//!   distinct units in the unfiltered group (a plain count when every row has
+//!   its own person, see [`Table::unit_is_unique`], also through a join onto
+//!   a unique key; just the rows when that unit is on every row), and turns them into two flags
 //!   per released row: `__sd_thin` (fewer than k units) and `__sd_diff` (the
 //!   filters removed between 1 and k-1 units from the group).
 //!
@@ -58,7 +63,7 @@ pub fn output_column(i: usize) -> String {
 
 /// Compiles a bound query.
 pub fn lower_query(query: &Query, mode: Mode) -> Result<Lowered> {
-    let rel = Lowerer { mode }.query(query)?;
+    let rel = Lowerer { mode }.query(query, true)?;
     let output = query.output();
     let mut cols: Vec<PExpr> = (0..output.len()).map(|i| col(output_column(i))).collect();
     if rel.released {
@@ -82,10 +87,22 @@ struct Rel {
     keep: bool,
     /// Aggregated, protected: the release flags are present.
     released: bool,
-    /// Row level, protected: the rows are those of one scan whose privacy
-    /// unit never repeats (no join or union since), so a group's people are
-    /// its rows with a unit, counted without a distinct count.
-    unique_units: bool,
+    /// Row level, protected: how a group's people can be counted.
+    people: People,
+}
+
+/// How the people of a group are counted from its rows (all three give the
+/// same number where they apply; the cheaper ones apply less often).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum People {
+    /// Units may repeat: distinct units.
+    Distinct,
+    /// No unit repeats (one scan whose unit is unique, joined since only onto
+    /// keys that do not repeat, no union): rows with a unit.
+    RowsWithUnit,
+    /// One scan whose unit is on every row and never repeats: rows (the unit
+    /// column is not even read).
+    Rows,
 }
 
 struct Lowerer {
@@ -101,14 +118,20 @@ fn engine(e: pl::PolarsError) -> Error {
 }
 
 impl Lowerer {
-    fn query(&self, q: &Query) -> Result<Rel> {
+    /// `top`: the statement's own query, whose rows the user sees.
+    fn query(&self, q: &Query, top: bool) -> Result<Rel> {
         let mut rel = self.set_expr(&q.body)?;
         let row_level = !rel.units.is_empty();
         let limited = q.limit.is_some() || q.offset.is_some();
+        // Groups and joins come out in whatever order polars' threads
+        // finished them. Without ORDER BY, what the user sees (or what a
+        // LIMIT keeps) is put in the order of its columns, so the same query
+        // always shows the same rows in the same order.
+        let canonical = q.order_by.is_empty() && (top || limited) && !has_defined_order(&q.body);
         // Rows the release will hide sort last, so neither their values nor
         // their place can move the released rows between pages.
         let hidden_last = rel.released && (limited || !q.order_by.is_empty());
-        if !q.order_by.is_empty() || hidden_last {
+        if !q.order_by.is_empty() || hidden_last || canonical {
             let mut by: Vec<PExpr> = Vec::new();
             let mut descending = Vec::new();
             let mut nulls_last = Vec::new();
@@ -121,6 +144,13 @@ impl Lowerer {
                 by.push(col(output_column(k.column)));
                 descending.push(k.descending);
                 nulls_last.push(!k.nulls_first);
+            }
+            if canonical {
+                for i in 0..q.body.output().len() {
+                    by.push(col(output_column(i)));
+                    descending.push(false);
+                    nulls_last.push(true);
+                }
             }
             let options = pl::SortMultipleOptions::default()
                 .with_order_descending_multi(descending)
@@ -154,7 +184,7 @@ impl Lowerer {
     fn set_expr(&self, body: &SetExpr) -> Result<Rel> {
         match body {
             SetExpr::Select(s) => self.select(s),
-            SetExpr::Query(q) => self.query(q),
+            SetExpr::Query(q) => self.query(q, false),
             SetExpr::Union { left, right, all, .. } => {
                 let output = body.output();
                 let l = self.set_expr(left)?;
@@ -196,7 +226,7 @@ impl Lowerer {
                 if !*all {
                     lf = lf.unique_stable(None, pl::UniqueKeepStrategy::First);
                 }
-                Ok(Rel { lf, units, keep, released, unique_units: false })
+                Ok(Rel { lf, units, keep, released, people: People::Distinct })
             }
         }
     }
@@ -206,7 +236,7 @@ impl Lowerer {
             Some(item) => self.from(item)?,
             None => {
                 let df = pl::DataFrame::new_infer_height(vec![pl::Column::new("__one".into(), [1i32])]).map_err(engine)?;
-                Rel { lf: df.lazy(), units: vec![], keep: false, released: false, unique_units: false }
+                Rel { lf: df.lazy(), units: vec![], keep: false, released: false, people: People::Distinct }
             }
         };
         let protected_rows = !rel.units.is_empty();
@@ -276,23 +306,30 @@ impl Lowerer {
         }
         if protected {
             for (i, (unit, _)) in rel.units.iter().enumerate() {
+                // Masked, not filtered: a filter inside a group-by takes
+                // polars' slow per-group path.
                 let kept = match &keep {
-                    Some(k) => col(unit.as_str()).filter(k.clone()),
+                    Some(k) => pl::when(k.clone()).then(col(unit.as_str())).otherwise(lit(pl::Null {})),
                     None => col(unit.as_str()),
                 };
-                // People: distinct units, or (one row per person) rows with a unit.
-                let people = |units: PExpr| if rel.unique_units { units.count() } else { units.drop_nulls().n_unique() };
-                aggs.push(people(kept).cast(DataType::Int64).alias(format!("__kept{i}")));
+                let all = col(unit.as_str());
+                let (kept, all) = match (rel.people, &keep) {
+                    (People::Rows, Some(k)) => (k.clone().sum(), pl::len()),
+                    (People::Rows, None) => (pl::len(), pl::len()),
+                    (People::RowsWithUnit, _) => (kept.count(), all.count()),
+                    (People::Distinct, _) => (kept.drop_nulls().n_unique(), all.drop_nulls().n_unique()),
+                };
+                aggs.push(kept.cast(DataType::Int64).alias(format!("__kept{i}")));
                 // Without a keep flag both counts are the same: count once.
                 if keep.is_some() {
-                    aggs.push(people(col(unit.as_str())).cast(DataType::Int64).alias(format!("__all{i}")));
+                    aggs.push(all.cast(DataType::Int64).alias(format!("__all{i}")));
                 }
             }
         }
         let mut lf = if keys.is_empty() {
             rel.lf.select(aggs)
         } else {
-            rel.lf.group_by_stable(keys).agg(aggs)
+            rel.lf.group_by(keys).agg(aggs)
         };
         if protected && keep.is_none() {
             let same: Vec<PExpr> = (0..rel.units.len()).map(|i| col(format!("__kept{i}")).alias(format!("__all{i}"))).collect();
@@ -344,14 +381,14 @@ impl Lowerer {
         if s.distinct {
             lf = lf.unique_stable(None, pl::UniqueKeepStrategy::First);
         }
-        Ok(Rel { lf, units: vec![], keep: false, released: protected || post, unique_units: false })
+        Ok(Rel { lf, units: vec![], keep: false, released: protected || post, people: People::Distinct })
     }
 
     fn from(&self, item: &FromItem) -> Result<Rel> {
         match item {
             FromItem::Table { slot, table, .. } => self.scan(*slot, table),
             FromItem::Derived { slot, query, .. } => {
-                let rel = self.query(query)?;
+                let rel = self.query(query, false)?;
                 let mut cols: Vec<PExpr> = (0..query.output().len()).map(|i| col(output_column(i)).alias(leaf_column(*slot, i))).collect();
                 let units: Vec<(String, u64)> = rel.units.iter().enumerate().map(|(j, (_, k))| (format!("__u{slot}_{j}"), *k)).collect();
                 cols.extend(rel.units.iter().zip(&units).map(|((old, _), (new, _))| col(old.as_str()).alias(new.as_str())));
@@ -362,7 +399,7 @@ impl Lowerer {
                     cols.push(col(THIN_FLAG));
                     cols.push(col(DIFF_FLAG));
                 }
-                Ok(Rel { lf: rel.lf.select(cols), units, keep: rel.keep, released: rel.released, unique_units: rel.unique_units })
+                Ok(Rel { lf: rel.lf.select(cols), units, keep: rel.keep, released: rel.released, people: rel.people })
             }
             FromItem::Join { left, right, kind, on, .. } => {
                 let l = self.from(left)?;
@@ -387,7 +424,7 @@ impl Lowerer {
                 if !protected {
                     let how = if *kind == JoinKind::Left { JoinType::Left } else { JoinType::Inner };
                     let lf = l.lf.join(r.lf, left_on, right_on, JoinArgs::new(how).with_coalesce(JoinCoalesce::KeepColumns));
-                    return Ok(Rel { lf, units: vec![], keep: false, released: false, unique_units: false });
+                    return Ok(Rel { lf, units: vec![], keep: false, released: false, people: People::Distinct });
                 }
                 // A join drops the rows without a match, which is a filter
                 // like WHERE: join fully and AND "matched" into the keep flag,
@@ -413,9 +450,17 @@ impl Lowerer {
                 }
                 let lf = lf.with_column(flag.alias(KEEP)).drop(pl::Selector::ByName { names: drop.into(), strict: true });
                 let keep = true;
+                // A side's units stay one per row when each of its rows meets
+                // at most one row of the other side (the other key is unique).
+                // Keys cast to a wider type could collide, so only same-typed pairs count.
+                let same_type = || on.iter().filter(|(a, b)| a.ty == b.ty);
+                let left_ok = l.units.is_empty() || (l.people != People::Distinct && side_key_is_unique(right, same_type().map(|(_, b)| b)));
+                let right_ok = r.units.is_empty() || (r.people != People::Distinct && side_key_is_unique(left, same_type().map(|(a, _)| a)));
                 let mut units = l.units;
                 units.extend(r.units);
-                Ok(Rel { lf, units, keep, released: false, unique_units: false })
+                // A full join adds rows without the other side's unit.
+                let people = if left_ok && right_ok { People::RowsWithUnit } else { People::Distinct };
+                Ok(Rel { lf, units, keep, released: false, people })
             }
         }
     }
@@ -437,16 +482,48 @@ impl Lowerer {
             cols.push(e.alias(leaf_column(slot, i)));
         }
         let mut units = Vec::new();
-        let mut unique_units = false;
+        let mut people = People::Distinct;
         if protected {
             let unit = table.privacy_unit.as_deref().ok_or_else(|| Error::Engine("internal error: protected table without privacy unit".into()))?;
             let name = format!("__u{slot}");
             cols.push(col(unit).alias(name.as_str()));
             units.push((name, table.min_group_size));
-            unique_units = table.unit_is_unique();
+            people = if table.unit_is_row_key() {
+                People::Rows
+            } else if table.unit_is_unique() {
+                People::RowsWithUnit
+            } else {
+                People::Distinct
+            };
         }
-        Ok(Rel { lf: table.scan()?.select(cols), units, keep: false, released: false, unique_units })
+        Ok(Rel { lf: table.scan()?.select(cols), units, keep: false, released: false, people })
     }
+}
+
+/// Whether the rows of `body` come in an order that does not depend on
+/// polars' threads: one table's scan order (projections and filters keep
+/// it), an ORDER BY below, or a single aggregate row.
+fn has_defined_order(body: &SetExpr) -> bool {
+    match body {
+        SetExpr::Select(s) if s.aggregate => s.group_by.is_empty(),
+        SetExpr::Select(s) => match &s.from {
+            None | Some(FromItem::Table { .. }) => true,
+            Some(FromItem::Derived { query, .. }) => !query.order_by.is_empty() || has_defined_order(&query.body),
+            Some(FromItem::Join { .. }) => false,
+        },
+        SetExpr::Query(q) => !q.order_by.is_empty() || has_defined_order(&q.body),
+        SetExpr::Union { .. } => false,
+    }
+}
+
+/// Whether one of `keys` is a column of `side` that is a table whose values
+/// never repeat, so each row of the other side meets at most one of its rows.
+fn side_key_is_unique<'a>(side: &FromItem, mut keys: impl Iterator<Item = &'a Expr>) -> bool {
+    let FromItem::Table { slot, table, .. } = side else { return false };
+    keys.any(|k| match &k.kind {
+        ExprKind::Column(c) if c.slot == *slot => table.columns.get(c.index).is_some_and(|col| table.column_is_unique(&col.name)),
+        _ => false,
+    })
 }
 
 /// Distinct aggregate calls of `e`, in order of appearance.
