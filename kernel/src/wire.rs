@@ -128,25 +128,33 @@ impl Message {
 /// message re-sent byte for byte is dropped (as jupyter_client's `Session`
 /// does). Only signed messages can be recognised; the memory is bounded.
 pub struct ReplayGuard {
-    seen: std::collections::HashSet<Bytes>,
-    order: std::collections::VecDeque<Bytes>,
+    /// Keyed hashes of the signatures, not the signatures: 8 bytes each
+    /// instead of a 64-byte copy and its handle (the soak saw the copies
+    /// grow the heap by megabytes). The key is random per process, and a
+    /// signature cannot be forged without the session key, so no one can
+    /// aim a collision; a chance one only drops a message as a replay.
+    seen: std::collections::HashSet<u64>,
+    order: std::collections::VecDeque<u64>,
+    hasher: std::collections::hash_map::RandomState,
     capacity: usize,
 }
 
 impl ReplayGuard {
     pub fn new(capacity: usize) -> ReplayGuard {
-        ReplayGuard { seen: Default::default(), order: Default::default(), capacity: capacity.max(1) }
+        ReplayGuard { seen: Default::default(), order: Default::default(), hasher: Default::default(), capacity: capacity.max(1) }
     }
 
     /// True the first time a signature is seen; false for a replay.
     pub fn admit(&mut self, signature: &Bytes) -> bool {
+        use std::hash::BuildHasher;
         if signature.is_empty() {
             return true;
         }
-        if !self.seen.insert(signature.clone()) {
+        let hash = self.hasher.hash_one(signature.as_ref());
+        if !self.seen.insert(hash) {
             return false;
         }
-        self.order.push_back(signature.clone());
+        self.order.push_back(hash);
         if self.order.len() > self.capacity {
             if let Some(old) = self.order.pop_front() {
                 self.seen.remove(&old);

@@ -331,11 +331,17 @@ pub(crate) fn per_row(e: &Expr, lowered: PExpr) -> PExpr {
 pub(crate) fn aggregate(func: AggFunc, args: &[Expr], distinct: bool, ty: SqlType, keep: Option<&PExpr>) -> Result<PExpr> {
     let none = |_: &Expr| None;
     let per_row = |e: &Expr| -> Result<PExpr> { Ok(per_row(e, lower(e, &none)?)) };
+    // Floating-point sums whose digits depend on the order of addition.
+    let order_sensitive = matches!(func, AggFunc::Sum | AggFunc::Avg | AggFunc::Stddev | AggFunc::Variance)
+        && args.first().is_some_and(|a| a.ty == SqlType::Double);
     let arg = |i: usize| -> Result<PExpr> {
         let x = per_row(&args[i])?;
-        // Masked, not filtered: a filter inside a group-by takes polars'
-        // slow per-group path. Every aggregate below skips nulls.
         Ok(match keep {
+            // Filtered: polars' per-group path adds in row order, so the
+            // same query always gives the same digits.
+            Some(k) if order_sensitive => x.filter(k.clone()),
+            // Masked: a filter inside a group-by takes polars' slow
+            // per-group path. Every aggregate below skips nulls.
             Some(k) => pl::when(k.clone()).then(x).otherwise(lit(pl::Null {})),
             None => x,
         })

@@ -124,10 +124,11 @@ impl Lowerer {
         let row_level = !rel.units.is_empty();
         let limited = q.limit.is_some() || q.offset.is_some();
         // Groups and joins come out in whatever order polars' threads
-        // finished them. Without ORDER BY, what the user sees (or what a
-        // LIMIT keeps) is put in the order of its columns, so the same query
-        // always shows the same rows in the same order.
-        let canonical = q.order_by.is_empty() && (top || limited) && !has_defined_order(&q.body);
+        // finished them. What the user sees (or what a LIMIT keeps) is then
+        // put in the order of its columns after any ORDER BY keys, so the
+        // same query always shows the same rows in the same order, ties
+        // included.
+        let canonical = (top || limited) && !has_defined_order(&q.body);
         // Rows the release will hide sort last, so neither their values nor
         // their place can move the released rows between pages.
         let hidden_last = rel.released && (limited || !q.order_by.is_empty());
@@ -146,7 +147,8 @@ impl Lowerer {
                 nulls_last.push(!k.nulls_first);
             }
             if canonical {
-                for i in 0..q.body.output().len() {
+                // A column twice in one sort makes polars panic.
+                for i in (0..q.body.output().len()).filter(|i| !q.order_by.iter().any(|k| k.column == *i)) {
                     by.push(col(output_column(i)));
                     descending.push(false);
                     nulls_last.push(true);
