@@ -60,7 +60,7 @@ import zmq
 from jupyter_client.blocking import BlockingKernelClient
 from jupyter_client.connect import write_connection_file
 
-from messages import iopub_until_idle
+from messages import iopub_until_idle, shell_reply
 
 STARTUP_TIMEOUT_S = 60
 # "Within a few seconds": the bound on the good client after hostile input.
@@ -314,17 +314,11 @@ def shared_kernel(_shared: list[Kernel], repo_root: Path, hostile_config: Path,
 
 
 def _shell_reply(k: Kernel, msg_id: str, deadline: float, what: str) -> dict[str, Any]:
-    while True:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            alive = "alive" if k.proc.poll() is None else f"exited with {k.proc.returncode}"
-            raise AssertionError(f"the good client got no {what} in time (kernel {alive})\n{k.log_tail()}")
-        try:
-            msg = k.kc.get_shell_msg(timeout=remaining)
-        except Empty:
-            continue
-        if msg["parent_header"].get("msg_id") == msg_id:
-            return msg
+    def context() -> str:
+        alive = "alive" if k.proc.poll() is None else f"exited with {k.proc.returncode}"
+        return f"the good client got no {what} (kernel {alive})\n{k.log_tail()}"
+
+    return shell_reply(k.kc, msg_id, deadline, context)
 
 
 def _iopub_until_idle(k: Kernel, msg_id: str, deadline: float) -> list[dict[str, Any]]:
@@ -1066,16 +1060,7 @@ def test_raw_tcp_garbage(kernel):
     fresh.start_channels()
     try:
         msg_id = fresh.kernel_info()
-        deadline = time.monotonic() + HEALTHY_WITHIN_S
-        while True:
-            remaining = deadline - time.monotonic()
-            assert remaining > 0, f"a new client got no kernel_info_reply\n{kernel.log_tail()}"
-            try:
-                msg = fresh.get_shell_msg(timeout=remaining)
-            except Empty:
-                continue
-            if msg["parent_header"].get("msg_id") == msg_id:
-                break
+        shell_reply(fresh, msg_id, time.monotonic() + HEALTHY_WITHIN_S, lambda: f"a new client got no kernel_info_reply\n{kernel.log_tail()}")
     finally:
         fresh.stop_channels()
     assert_serves(kernel)

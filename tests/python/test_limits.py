@@ -22,7 +22,7 @@ from jupyter_client.kernelspec import KernelSpecManager
 from jupyter_client.manager import KernelManager, start_new_kernel
 
 from conftest import binary
-from messages import iopub_until_idle
+from messages import iopub_until_idle, shell_reply
 
 STARTUP_TIMEOUT_S = 60
 REPLY_TIMEOUT_S = 60
@@ -79,11 +79,7 @@ def run(kc, code: str, timeout: float = REPLY_TIMEOUT_S) -> tuple[dict[str, Any]
     started = time.monotonic()
     msg_id = kc.execute(code)
     deadline = started + timeout
-    reply = None
-    while reply is None:
-        m = kc.get_shell_msg(timeout=max(deadline - time.monotonic(), 0.1))
-        if m["parent_header"].get("msg_id") == msg_id:
-            reply = m
+    reply = shell_reply(kc, msg_id, deadline)
     took = time.monotonic() - started
     return reply, iopub_until_idle(kc, msg_id, deadline), took
 

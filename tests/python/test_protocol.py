@@ -62,17 +62,7 @@ def kernel(kernel_name: str):
 
 def shell_reply(kc, msg_id: str, timeout: float = REPLY_TIMEOUT_S) -> dict[str, Any]:
     """The shell reply to `msg_id` (other replies are skipped)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise AssertionError(f"no shell reply to {msg_id} within {timeout} s")
-        try:
-            msg = kc.get_shell_msg(timeout=remaining)
-        except Empty:
-            continue
-        if msg["parent_header"].get("msg_id") == msg_id:
-            return msg
+    return messages.shell_reply(kc, msg_id, time.monotonic() + timeout, lambda: f"(waited {timeout} s)")
 
 
 def iopub_until_idle(kc, msg_id: str, timeout: float = REPLY_TIMEOUT_S) -> list[dict[str, Any]]:
