@@ -123,7 +123,7 @@ fn check_set(body: &SetExpr) -> Result<(Level, Vec<ColInfo>)> {
                     ));
                 }
             };
-            if level != Level::Public && !all {
+            if level == Level::RowLevel && !all {
                 return Err(Error::refused(Rule::Shape, "use UNION ALL on protected data (UNION without ALL is not supported)", Some(*span)));
             }
             let infos = li.iter().zip(&ri).map(|(a, b)| ColInfo::combine(&[a, b])).collect();
@@ -150,26 +150,18 @@ fn check_from(item: &FromItem, scope: &mut Scope) -> Result<Level> {
         FromItem::Join { left, right, on, span, .. } => {
             let l = check_from(left, scope)?;
             let r = check_from(right, scope)?;
-            if l == Level::Aggregated || r == Level::Aggregated {
-                if l != Level::Public && r != Level::Public {
-                    return Err(Error::refused(
-                        Rule::Shape,
-                        "joining an aggregated result with protected data is not supported; join the tables, then aggregate",
-                        Some(*span),
-                    ));
-                }
+            if (l == Level::Aggregated && r == Level::RowLevel) || (l == Level::RowLevel && r == Level::Aggregated) {
+                return Err(Error::refused(
+                    Rule::Shape,
+                    "joining an aggregated result with protected data is not supported; join the tables, then aggregate",
+                    Some(*span),
+                ));
             }
+            let left_slots: Vec<usize> = left.leaves().iter().filter_map(|leaf| leaf.slot()).collect();
             for (a, b) in on {
                 for key in [a, b] {
-                    let info = expr_info(key, scope);
-                    let bare = matches!(key.kind, ExprKind::Column(_));
-                    if info.role != Eff::Free && !(bare && info.join_key) {
-                        return Err(Error::refused(
-                            Rule::JoinKey,
-                            "joins on protected tables must use the join keys the data owner declared (DESCRIBE shows them)",
-                            Some(key.span),
-                        ));
-                    }
+                    let side = if references_only(key, &left_slots) { l } else { r };
+                    check_join_key(key, side, scope)?;
                 }
             }
             Ok(match (l, r) {
@@ -178,6 +170,40 @@ fn check_from(item: &FromItem, scope: &mut Scope) -> Result<Level> {
             })
         }
     }
+}
+
+/// Whether every column `e` references belongs to one of `slots`.
+fn references_only(e: &Expr, slots: &[usize]) -> bool {
+    let mut only = true;
+    e.walk(&mut |x| {
+        if let ExprKind::Column(c) = &x.kind {
+            only &= slots.contains(&c.slot);
+        }
+    });
+    only
+}
+
+/// A join key on a side that carries protected rows must be a bare column
+/// passing through a key the owner declared: a constant or computed key
+/// pairs every row with many (a cross join in disguise, in which a filter on
+/// one side weighs the other side's people). On public or released sides,
+/// anything free goes; a protected column still needs to be a declared key.
+fn check_join_key(key: &Expr, side: Level, scope: &Scope) -> Result<()> {
+    let info = expr_info(key, scope);
+    let declared = matches!(key.kind, ExprKind::Column(_)) && info.join_key && info.base.is_some();
+    let allowed = match side {
+        Level::RowLevel => declared,
+        Level::Public | Level::Aggregated => info.role == Eff::Free || declared,
+    };
+    if allowed {
+        return Ok(());
+    }
+    let text = if side == Level::RowLevel && info.role == Eff::Free {
+        "a join key on rows of a protected table must be a column the data owner declared as a join key, not a constant or a computed value (DESCRIBE shows the join keys)"
+    } else {
+        "joins on protected tables must use the join keys the data owner declared (DESCRIBE shows them)"
+    };
+    Err(Error::refused(Rule::JoinKey, text, Some(key.span)))
 }
 
 fn table_infos(table: &Table) -> Vec<ColInfo> {

@@ -168,6 +168,7 @@ impl Policy {
             &ReleaseInput {
                 level: verdict.level,
                 output: &lowered.output,
+                withheld: &lowered.withheld,
                 whole_table: check::is_whole_table_aggregate(query),
                 min_group_size: min_group_size(query, &self.catalog),
                 max_rows: server.max_rows,
@@ -229,7 +230,7 @@ impl Policy {
             Ok(v) => match v.level {
                 Level::Public => "allowed: public data only, released as is (up to the row limit)".to_string(),
                 Level::Aggregated => format!(
-                    "allowed: aggregated; each row is released only if it rests on at least {} people and its filters removed none or at least that many",
+                    "allowed: aggregated; each group is released only if it rests on at least {} people (per aggregate and per UNION ALL branch) and its filters removed rows of none or at least that many; withheld groups feed nothing after their aggregation",
                     min_group_size(query, &self.catalog)
                 ),
                 Level::RowLevel => "refused".to_string(),

@@ -11,7 +11,7 @@ use crate::error::{Error, Result, Rule};
 use safe_data_lang::chart::Chart;
 use safe_data_lang::engine::{Value, rows_of};
 use safe_data_lang::ir::Field;
-use safe_data_lang::lower::{DIFF_FLAG, THIN_FLAG};
+use safe_data_lang::lower::{POINT, SIGNIFICANT_DIGITS, WITHHELD_DIFF, WITHHELD_THIN, WithheldPoint};
 use safe_data_lang::polars::prelude::{AnyValue, DataFrame, DataType};
 use safe_data_lang::span::Span;
 use serde::Serialize;
@@ -26,9 +26,9 @@ pub struct Notice {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum NoticeKind {
-    /// Rows resting on fewer than k people.
+    /// Groups withheld: empty, or resting on fewer than k people.
     Suppressed,
-    /// Rows hidden by the differencing defense.
+    /// Groups withheld by the differencing defense.
     Differencing,
     /// Rows cut at the owner's max_rows.
     Truncated,
@@ -114,78 +114,112 @@ impl Released {
 pub(crate) struct ReleaseInput<'a> {
     pub level: Level,
     pub output: &'a [Field],
+    /// The lowering's withheld points, in the order of their rows.
+    pub withheld: &'a [WithheldPoint],
     pub whole_table: bool,
     pub min_group_size: u64,
     pub max_rows: usize,
     pub span: Span,
 }
 
-fn flag_values(df: &DataFrame, name: &str) -> Result<Vec<bool>> {
-    let column = df.column(name).map_err(|_| shape_error())?;
-    let column = column.cast(&DataType::Boolean).map_err(|_| shape_error())?;
-    // A missing verdict counts as "hide" (fail closed).
-    Ok((0..column.len()).map(|i| !matches!(column.get(i), Ok(AnyValue::Boolean(false)))).collect())
+/// Rounds to [`SIGNIFICANT_DIGITS`] (through the decimal text, so the result
+/// is the nearest double to the rounded decimal). The aggregates were
+/// rounded where they were computed; values computed from them are rounded
+/// here, in every output format.
+pub(crate) fn round_significant(x: f64) -> f64 {
+    if !x.is_finite() || x == 0.0 {
+        return x;
+    }
+    format!("{:.*e}", SIGNIFICANT_DIGITS - 1, x).parse().unwrap_or(x)
 }
 
 fn shape_error() -> Error {
     Error::Query(safe_data_lang::Error::Engine("internal error: the release evidence is missing".into()))
 }
 
-/// Applies the k-threshold, the differencing defense and the row limit.
+/// The frame's rows of the answer, and per withheld point the groups
+/// withheld as thin and by the differencing rule.
+fn split(df: &DataFrame, points: usize) -> Result<(Vec<usize>, Vec<(u64, u64)>)> {
+    let column = |name: &str| df.column(name).and_then(|c| c.cast(&DataType::Int64)).map_err(|_| shape_error());
+    let (point, thin, diff) = (column(POINT)?, column(WITHHELD_THIN)?, column(WITHHELD_DIFF)?);
+    let int = |c: &safe_data_lang::polars::prelude::Column, i: usize| match c.get(i) {
+        Ok(AnyValue::Int64(v)) => Some(v),
+        _ => None,
+    };
+    let mut rows = Vec::new();
+    let mut counts: Vec<Option<(u64, u64)>> = vec![None; points];
+    for i in 0..df.height() {
+        match int(&point, i) {
+            None => rows.push(i),
+            Some(p) => {
+                let slot = usize::try_from(p).ok().and_then(|p| counts.get_mut(p)).ok_or_else(shape_error)?;
+                // A missing count withholds everything (fail closed).
+                let n = |c| int(c, i).map(|v| v.max(0) as u64).ok_or_else(shape_error);
+                *slot = Some((n(&thin)?, n(&diff)?));
+            }
+        }
+    }
+    // Every point must have reported, or nothing is released.
+    let counts = counts.into_iter().collect::<Option<Vec<_>>>().ok_or_else(shape_error)?;
+    Ok((rows, counts))
+}
+
+/// Applies the k-threshold and differencing verdicts of the plan (the
+/// groups it withheld), rounds floating-point values, and the row limit.
 pub(crate) fn release(df: &DataFrame, input: &ReleaseInput<'_>) -> Result<Released> {
-    let height = df.height();
     let types: Vec<_> = input.output.iter().map(|f| f.ty).collect();
     let mut notices = Vec::new();
-    let kept: Vec<usize> = match input.level {
+    let (mut kept, counts) = split(df, input.withheld.len())?;
+    match input.level {
         Level::RowLevel => {
             // The static check refuses these; this is the second lock.
             return Err(Error::refused(Rule::RawRows, "individual rows of a protected table are never released", Some(input.span)));
         }
-        Level::Public => (0..height).collect(),
+        Level::Public => {}
         Level::Aggregated => {
-            let thin = flag_values(df, THIN_FLAG)?;
-            let diff = flag_values(df, DIFF_FLAG)?;
             let k = input.min_group_size;
-            if input.whole_table {
-                if thin.first().copied().unwrap_or(true) {
+            let mut top = (0, 0);
+            let mut inner = (0, 0);
+            for (point, (thin, diff)) in input.withheld.iter().zip(&counts) {
+                let sum = if point.top { &mut top } else { &mut inner };
+                sum.0 += thin;
+                sum.1 += diff;
+            }
+            if input.whole_table && input.withheld.iter().any(|p| p.top) {
+                if top.0 > 0 {
                     return Err(Error::refused(
                         Rule::MinGroupSize,
                         format!("this result would rest on fewer than {k} people, so it is not released; widen the filters"),
                         Some(input.span),
                     ));
                 }
-                if diff.first().copied().unwrap_or(true) {
+                if top.1 > 0 {
                     return Err(Error::refused(
                         Rule::Differencing,
                         format!(
-                            "the filters remove fewer than {k} people from the whole table, so the result could be compared with the unfiltered one to learn about them; widen or drop the filter"
+                            "the filters remove rows of fewer than {k} people from the whole table, so the result could be compared with the unfiltered one to learn about them; widen or drop the filter"
                         ),
                         Some(input.span),
                     ));
                 }
             }
-            let thin_rows = thin.iter().filter(|t| **t).count();
-            let diff_rows = thin.iter().zip(&diff).filter(|(t, d)| !**t && **d).count();
-            if thin_rows > 0 {
-                notices.push(Notice {
-                    kind: NoticeKind::Suppressed,
-                    message: format!("{thin_rows} row{} hidden: each rests on fewer than {k} people", plural(thin_rows)),
-                });
+            for (n, of, kind) in [
+                (top.0, "", NoticeKind::Suppressed),
+                (top.1, "", NoticeKind::Differencing),
+                (inner.0, " of a subquery", NoticeKind::Suppressed),
+                (inner.1, " of a subquery", NoticeKind::Differencing),
+            ] {
+                if n == 0 {
+                    continue;
+                }
+                let why = match kind {
+                    NoticeKind::Suppressed => format!("empty or fewer than {k} people"),
+                    _ => format!("the filters removed rows of fewer than {k} people from {}, which could single them out", if n == 1 { "it" } else { "them" }),
+                };
+                notices.push(Notice { kind, message: format!("{n} group{}{of} withheld: {why}", plural(n as usize)) });
             }
-            if diff_rows > 0 {
-                notices.push(Notice {
-                    kind: NoticeKind::Differencing,
-                    message: format!(
-                        "{diff_rows} row{} hidden: the filters removed fewer than {k} people from {}, which could single them out",
-                        plural(diff_rows),
-                        if diff_rows == 1 { "its group" } else { "their groups" }
-                    ),
-                });
-            }
-            (0..height).filter(|&i| !thin[i] && !diff[i]).collect()
         }
-    };
-    let mut kept = kept;
+    }
     if kept.len() > input.max_rows {
         notices.push(Notice {
             kind: NoticeKind::Truncated,
@@ -193,10 +227,37 @@ pub(crate) fn release(df: &DataFrame, input: &ReleaseInput<'_>) -> Result<Releas
         });
         kept.truncate(input.max_rows);
     }
-    let rows = rows_of(df, &types, &kept);
+    let mut rows = rows_of(df, &types, &kept);
+    if input.level == Level::Aggregated {
+        for value in rows.iter_mut().flatten() {
+            if let Value::Double(x) = value {
+                *x = round_significant(*x);
+            }
+        }
+    }
     Ok(Released { body: Body::Table { columns: input.output.to_vec(), rows }, notices, chart: None })
 }
 
 fn plural(n: usize) -> &'static str {
     if n == 1 { "" } else { "s" }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn floats_keep_six_significant_digits() {
+        assert_eq!(round_significant(27.345_678_91), 27.3457);
+        assert_eq!(round_significant(-0.000_123_456_789), -0.000_123_457);
+        assert_eq!(round_significant(123_456_789.0), 123_457_000.0);
+        assert_eq!(round_significant(0.6000000000000001), 0.6);
+        assert_eq!(round_significant(0.0), 0.0);
+        assert!(round_significant(f64::NAN).is_nan());
+        assert_eq!(round_significant(f64::INFINITY), f64::INFINITY);
+        // AVG × COUNT of 1,000 rows no longer gives back a row to 1e-11:
+        // the rounding error of the average alone is far above it.
+        let avg = 54_321.0 / 1_000.0 + 1e-9;
+        assert!((round_significant(avg) * 1_000.0 - avg * 1_000.0).abs() > 1e-7);
+    }
 }

@@ -250,10 +250,10 @@ fn inspect_plan(fx: &SqlFixture, leak: &Leak<'_>, level: Level, lowered: &lower:
     if let Ok(schema) = lowered.frame.clone().collect_schema() {
         for name in schema.iter_names() {
             let name = name.as_str();
-            let internal = name == lower::THIN_FLAG || name == lower::DIFF_FLAG;
+            let internal = [lower::POINT, lower::WITHHELD_THIN, lower::WITHHELD_DIFF].contains(&name);
             let output = name.strip_prefix('#').is_some_and(|i| i.parse::<usize>().is_ok_and(|i| i < lowered.output.len()));
             assert!(
-                output || (internal && lowered.has_release_flags),
+                output || internal,
                 "the lowered plan outputs an unexpected column `{name}`\n--- input ---\n{}",
                 leak.cell
             );

@@ -12,12 +12,20 @@
 //!   stays, as a thin row the release hides (dropping it would tell "no one"
 //!   from "fewer than k");
 //! - a join is a full join whose "matched" ANDs into the same keep flag;
-//! - the aggregation adds, per privacy unit, the distinct units kept and the
-//!   distinct units in the unfiltered group (a plain count when every row has
-//!   its own person, see [`Table::unit_is_unique`], also through a join onto
-//!   a unique key; just the rows when that unit is on every row), and turns them into two flags
-//!   per released row: `__sd_thin` (fewer than k units) and `__sd_diff` (the
-//!   filters removed between 1 and k-1 units from the group).
+//! - the aggregation counts, per privacy unit, the people kept and the people
+//!   *touched* (who lost at least one row or join pair to the filters), also
+//!   per UNION ALL branch and per aggregate argument (the people whose
+//!   non-NULL values feed it); a plain count when every row has its own
+//!   person (see [`Table::unit_is_unique`], also through a join onto a unique
+//!   key; just the rows when that unit is on every row). From them it derives
+//!   two flags per group: thin (fewer than k people kept, or an aggregate fed
+//!   by fewer than k, or a branch contributing 1 to k-1) and differencing
+//!   (1 to k-1 people touched, overall, per branch or per aggregate);
+//! - flagged groups are **withheld right there**: they never feed anything
+//!   after the aggregation (HAVING aside, which cannot remove them): not an
+//!   outer WHERE, GROUP BY, DISTINCT, ORDER BY, LIMIT, join or union. How many
+//!   were withheld at each aggregation (a "withheld point") is counted in the
+//!   same plan and comes back in extra rows of the result (see [`POINT`]).
 //!
 //! This module does not decide what is released: it refuses shapes it cannot
 //! instrument soundly and leaves the verdict to the policy crate.
@@ -26,18 +34,36 @@ mod expr;
 
 use crate::catalog::Table;
 use crate::error::{Error, Result};
-use crate::ir::{Expr, ExprKind, Field, FromItem, JoinKind, Query, Select, SetExpr};
+use crate::ir::{AggFunc, Expr, ExprKind, Field, FromItem, JoinKind, Query, Select, SetExpr};
 use crate::types::SqlType;
 use expr::leaf_column;
-use polars::prelude::{self as pl, IntoLazy, DataType, Expr as PExpr, JoinArgs, JoinCoalesce, JoinType, LazyFrame, col, lit};
+use polars::prelude::{self as pl, DataType, Expr as PExpr, IntoLazy, JoinArgs, JoinCoalesce, JoinType, LazyFrame, col, lit};
+use std::cell::RefCell;
 
 pub use expr::like_to_regex;
 
-/// Internal column: true for released rows resting on fewer than k privacy units.
-pub const THIN_FLAG: &str = "__sd_thin";
-/// Internal column: true for rows whose group lost between 1 and k-1 units to the filters.
-pub const DIFF_FLAG: &str = "__sd_diff";
+/// Internal column (inside an aggregation only): the group rests on fewer than k people.
+const THIN_FLAG: &str = "__sd_thin";
+/// Internal column (inside an aggregation only): the filters touched between 1 and k-1 people of the group.
+const DIFF_FLAG: &str = "__sd_diff";
 const KEEP: &str = "__keep";
+/// Internal column: which UNION ALL branch a protected row comes from.
+const BRANCH: &str = "__br";
+
+/// Significant digits of a floating-point aggregate over protected rows:
+/// enough for any statistic, too few for `AVG × COUNT` of two queries to give
+/// back one row's exact value. (The release rounds what it shows again, to
+/// the nearest double of the decimal.)
+pub const SIGNIFICANT_DIGITS: usize = 6;
+
+/// Result column: NULL on the rows of the answer; on the extra rows that
+/// report what was withheld, the index of the withheld point (see
+/// [`Lowered::withheld`]).
+pub const POINT: &str = "__sd_point";
+/// Result column of a withheld-point row: groups withheld as thin.
+pub const WITHHELD_THIN: &str = "__sd_withheld_thin";
+/// Result column of a withheld-point row: groups withheld by the differencing rule (and not thin).
+pub const WITHHELD_DIFF: &str = "__sd_withheld_diff";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
@@ -45,13 +71,25 @@ pub enum Mode {
     Protected,
 }
 
+/// An aggregation over protected rows, where flagged groups are withheld.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WithheldPoint {
+    /// The statement's own aggregation: its groups reach the output through
+    /// projections, filters, sorts and limits only (not through another
+    /// aggregation, a join or a union).
+    pub top: bool,
+}
+
 /// A compiled query.
 pub struct Lowered {
+    /// The answer's rows (columns `#0`, `#1`..., [`POINT`] NULL), then one
+    /// row per withheld point ([`POINT`] set, [`WITHHELD_THIN`] and
+    /// [`WITHHELD_DIFF`] counted, the output columns NULL).
     pub frame: LazyFrame,
     /// Output columns, named `#0`, `#1`... in the frame.
     pub output: Vec<Field>,
-    /// The frame also has [`THIN_FLAG`] and [`DIFF_FLAG`].
-    pub has_release_flags: bool,
+    /// The aggregations over protected rows, in the order of their rows in the frame.
+    pub withheld: Vec<WithheldPoint>,
     /// The output is row-level data of a protected table (never releasable).
     pub row_level_protected: bool,
 }
@@ -63,19 +101,28 @@ pub fn output_column(i: usize) -> String {
 
 /// Compiles a bound query.
 pub fn lower_query(query: &Query, mode: Mode) -> Result<Lowered> {
-    let rel = Lowerer { mode }.query(query, true)?;
+    let lowerer = Lowerer { mode, points: RefCell::default() };
+    let rel = lowerer.query(query, true, true)?;
     let output = query.output();
-    let mut cols: Vec<PExpr> = (0..output.len()).map(|i| col(output_column(i))).collect();
-    if rel.released {
-        cols.push(col(THIN_FLAG));
-        cols.push(col(DIFF_FLAG));
+    let null = |ty: DataType| lit(pl::Null {}).cast(ty);
+    let mut cols: Vec<PExpr> = output.iter().enumerate().map(|(i, f)| col(output_column(i)).cast(f.ty.to_polars())).collect();
+    cols.extend([null(DataType::Int32).alias(POINT), null(DataType::Int64).alias(WITHHELD_THIN), null(DataType::Int64).alias(WITHHELD_DIFF)]);
+    let mut frames = vec![rel.lf.select(cols)];
+    let mut withheld = Vec::new();
+    for (i, (counts, point)) in lowerer.points.into_inner().into_iter().enumerate() {
+        let mut cols: Vec<PExpr> = output.iter().enumerate().map(|(j, f)| null(f.ty.to_polars()).alias(output_column(j))).collect();
+        cols.extend([lit(i as i32).alias(POINT), col(WITHHELD_THIN), col(WITHHELD_DIFF)]);
+        frames.push(counts.select(cols));
+        withheld.push(point);
     }
-    Ok(Lowered {
-        frame: rel.lf.select(cols),
-        output,
-        has_release_flags: rel.released,
-        row_level_protected: !rel.units.is_empty(),
-    })
+    let frame = if frames.len() == 1 {
+        frames.remove(0)
+    } else {
+        // The counting rows share the aggregation's plan with the answer
+        // (polars computes a common subplan once).
+        pl::concat(frames, pl::UnionArgs { maintain_order: true, ..Default::default() }).map_err(engine)?
+    };
+    Ok(Lowered { frame, output, withheld, row_level_protected: !rel.units.is_empty() })
 }
 
 /// A lowered relation and the internal columns it carries.
@@ -85,10 +132,21 @@ struct Rel {
     units: Vec<(String, u64)>,
     /// Row level, protected: a `__keep` column holds the WHERE verdicts.
     keep: bool,
-    /// Aggregated, protected: the release flags are present.
+    /// Computed by an aggregation over protected rows. Only released rows
+    /// remain (the flagged ones were withheld where they were aggregated),
+    /// so its values are free to use, but it never meets protected rows.
     released: bool,
     /// Row level, protected: how a group's people can be counted.
     people: People,
+    /// Row level, protected: how many UNION ALL branches its rows come
+    /// from; above 1, a [`BRANCH`] column says which (0-based).
+    branches: usize,
+}
+
+impl Rel {
+    fn new(lf: LazyFrame) -> Rel {
+        Rel { lf, units: vec![], keep: false, released: false, people: People::Distinct, branches: 1 }
+    }
 }
 
 /// How the people of a group are counted from its rows (all three give the
@@ -105,8 +163,39 @@ enum People {
     Rows,
 }
 
+impl People {
+    /// The number of people among the rows where `mask` holds (all rows if
+    /// `None`), counted on the unit column `unit`.
+    fn count(self, unit: &str, mask: Option<PExpr>) -> PExpr {
+        let masked = |m: PExpr| pl::when(m).then(col(unit)).otherwise(lit(pl::Null {}));
+        let n = match (self, mask) {
+            (People::Rows, Some(m)) => m.sum(),
+            (People::Rows, None) => pl::len(),
+            (People::RowsWithUnit, Some(m)) => masked(m).count(),
+            (People::RowsWithUnit, None) => col(unit).count(),
+            (People::Distinct, Some(m)) => masked(m).drop_nulls().n_unique(),
+            (People::Distinct, None) => col(unit).drop_nulls().n_unique(),
+        };
+        n.cast(DataType::Int64)
+    }
+}
+
+/// What a people count inside an aggregation says about the group, against k.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Rule {
+    /// Fewer than k people (none included): thin.
+    AtLeastK,
+    /// Between 1 and k-1 people: thin (a branch's contribution).
+    NoneOrAtLeastKThin,
+    /// Between 1 and k-1 people: differencing (people touched by the filters).
+    NoneOrAtLeastKDiff,
+}
+
 struct Lowerer {
     mode: Mode,
+    /// Per aggregation over protected rows: a one-row frame counting its
+    /// withheld groups, and where it is.
+    points: RefCell<Vec<(LazyFrame, WithheldPoint)>>,
 }
 
 fn unsupported(what: &str, hint: &str) -> Error {
@@ -119,28 +208,26 @@ fn engine(e: pl::PolarsError) -> Error {
 
 impl Lowerer {
     /// `top`: the statement's own query, whose rows the user sees.
-    fn query(&self, q: &Query, top: bool) -> Result<Rel> {
-        let mut rel = self.set_expr(&q.body)?;
+    /// `direct`: its rows reach the statement's output through projections,
+    /// filters, sorts and limits only (an aggregation there is the
+    /// statement's own, see [`WithheldPoint::top`]).
+    fn query(&self, q: &Query, top: bool, direct: bool) -> Result<Rel> {
+        let mut rel = self.set_expr(&q.body, top, direct)?;
         let row_level = !rel.units.is_empty();
         let limited = q.limit.is_some() || q.offset.is_some();
         // Groups and joins come out in whatever order polars' threads
         // finished them. What the user sees (or what a LIMIT keeps) is then
         // put in the order of its columns after any ORDER BY keys, so the
         // same query always shows the same rows in the same order, ties
-        // included.
-        let canonical = (top || limited) && !has_defined_order(&q.body);
-        // Rows the release will hide sort last, so neither their values nor
-        // their place can move the released rows between pages.
-        let hidden_last = rel.released && (limited || !q.order_by.is_empty());
-        if !q.order_by.is_empty() || hidden_last || canonical {
+        // included. (Withheld groups are gone already: they cannot move
+        // anything here.)
+        // An ORDER BY breaks its ties the same way, so that a query over it
+        // (which keeps its order) is deterministic too.
+        let canonical = (top || limited || !q.order_by.is_empty()) && !has_defined_order(&q.body);
+        if !q.order_by.is_empty() || canonical {
             let mut by: Vec<PExpr> = Vec::new();
             let mut descending = Vec::new();
             let mut nulls_last = Vec::new();
-            if hidden_last {
-                by.push(col(THIN_FLAG).or(col(DIFF_FLAG)));
-                descending.push(false);
-                nulls_last.push(true);
-            }
             for k in &q.order_by {
                 by.push(col(output_column(k.column)));
                 descending.push(k.descending);
@@ -160,7 +247,7 @@ impl Lowerer {
                 .with_maintain_order(true);
             rel.lf = rel.lf.sort_by_exprs(by, options);
         }
-        if q.limit.is_some() || q.offset.is_some() {
+        if limited {
             if row_level {
                 return Err(unsupported(
                     "LIMIT/OFFSET on rows of a protected table inside a query",
@@ -183,28 +270,31 @@ impl Lowerer {
         Ok(rel)
     }
 
-    fn set_expr(&self, body: &SetExpr) -> Result<Rel> {
+    fn set_expr(&self, body: &SetExpr, top: bool, direct: bool) -> Result<Rel> {
         match body {
-            SetExpr::Select(s) => self.select(s),
-            SetExpr::Query(q) => self.query(q, false),
+            SetExpr::Select(s) => self.select(s, direct),
+            SetExpr::Query(q) => self.query(q, top, direct),
             SetExpr::Union { left, right, all, .. } => {
                 let output = body.output();
-                let l = self.set_expr(left)?;
-                let r = self.set_expr(right)?;
-                if l.released != r.released || l.units.len() != r.units.len() {
+                let l = self.set_expr(left, false, false)?;
+                let r = self.set_expr(right, false, false)?;
+                if l.units.len() != r.units.len() {
                     return Err(unsupported(
-                        "UNION of an aggregated and a row-level side",
-                        "aggregate both sides, or union the rows and aggregate after",
+                        "UNION of rows of protected tables with other rows",
+                        "aggregate both sides, or union rows of protected tables only and aggregate after",
                     ));
                 }
-                let protected = !l.units.is_empty() || l.released;
+                let protected = !l.units.is_empty();
                 if protected && !*all {
                     return Err(unsupported("UNION (distinct) on protected data", "use UNION ALL"));
                 }
                 let keep = l.keep || r.keep;
                 let units: Vec<(String, u64)> =
                     l.units.iter().zip(&r.units).enumerate().map(|(i, (a, b))| (format!("__u{i}"), a.1.max(b.1))).collect();
-                let shape = |rel: Rel, side: Vec<Field>| -> LazyFrame {
+                // Each branch's people are counted apart (see `aggregate`):
+                // its rows are tagged with their branch, numbered left to right.
+                let branches = if protected { l.branches + r.branches } else { 1 };
+                let shape = |rel: Rel, side: Vec<Field>, first_branch: usize| -> LazyFrame {
                     let mut cols: Vec<PExpr> = output
                         .iter()
                         .zip(side)
@@ -215,55 +305,52 @@ impl Lowerer {
                     if keep {
                         cols.push(if rel.keep { col(KEEP) } else { lit(true).alias(KEEP) });
                     }
-                    if rel.released {
-                        cols.push(col(THIN_FLAG));
-                        cols.push(col(DIFF_FLAG));
+                    if protected {
+                        let own = if rel.branches > 1 { col(BRANCH) } else { lit(0i32) };
+                        cols.push((own + lit(first_branch as i32)).cast(DataType::Int32).alias(BRANCH));
                     }
                     rel.lf.select(cols)
                 };
-                let released = l.released;
-                let (lf, rf) = (shape(l, left.output()), shape(r, right.output()));
+                let released = l.released || r.released;
+                let left_branches = l.branches;
+                let (lf, rf) = (shape(l, left.output(), 0), shape(r, right.output(), left_branches));
                 let args = pl::UnionArgs { to_supertypes: true, maintain_order: true, ..Default::default() };
                 let mut lf = pl::concat([lf, rf], args).map_err(engine)?;
                 if !*all {
                     lf = lf.unique_stable(None, pl::UniqueKeepStrategy::First);
                 }
-                Ok(Rel { lf, units, keep, released, people: People::Distinct })
+                Ok(Rel { lf, units, keep, released, people: People::Distinct, branches })
             }
         }
     }
 
-    fn select(&self, s: &Select) -> Result<Rel> {
+    fn select(&self, s: &Select, direct: bool) -> Result<Rel> {
         let mut rel = match &s.from {
-            Some(item) => self.from(item)?,
+            Some(item) => self.from(item, direct && !s.aggregate)?,
             None => {
                 let df = pl::DataFrame::new_infer_height(vec![pl::Column::new("__one".into(), [1i32])]).map_err(engine)?;
-                Rel { lf: df.lazy(), units: vec![], keep: false, released: false, people: People::Distinct }
+                Rel::new(df.lazy())
             }
         };
-        let protected_rows = !rel.units.is_empty();
         if let Some(filter) = &s.filter {
             let pred = expr::typed(expr::lower(filter, &|_| None)?, filter.ty, SqlType::Boolean);
-            if rel.released {
-                // Over released rows, WHERE never removes a row the release
-                // will hide: whether it passed would tell about its values.
-                let pass = pl::coalesce(&[pred, lit(false)]).or(col(THIN_FLAG)).or(col(DIFF_FLAG));
-                rel.lf = rel.lf.filter(pass);
-            } else if protected_rows {
+            if !rel.units.is_empty() {
                 let pred = pl::coalesce(&[pred, lit(false)]);
                 let flag = if rel.keep { col(KEEP).and(pred) } else { pred };
                 rel.lf = rel.lf.with_column(flag.alias(KEEP));
                 rel.keep = true;
             } else {
+                // Public rows, or released ones: the withheld groups are
+                // not among them, so filtering tells nothing about them.
                 rel.lf = rel.lf.filter(pred);
             }
         }
-        if s.aggregate { self.aggregate(s, rel) } else { self.project(s, rel) }
+        if s.aggregate { self.aggregate(s, rel, direct) } else { self.project(s, rel) }
     }
 
     /// A row-level SELECT: projection, carrying the internal columns.
     fn project(&self, s: &Select, rel: Rel) -> Result<Rel> {
-        if s.distinct && (!rel.units.is_empty() || rel.released) {
+        if s.distinct && !rel.units.is_empty() {
             return Err(unsupported("SELECT DISTINCT on protected data", "use GROUP BY, or COUNT(DISTINCT x)"));
         }
         let mut cols = Vec::new();
@@ -279,8 +366,10 @@ impl Lowerer {
         Ok(Rel { lf, ..rel })
     }
 
-    /// An aggregating SELECT.
-    fn aggregate(&self, s: &Select, rel: Rel) -> Result<Rel> {
+    /// An aggregating SELECT. Over protected rows it is a withheld point:
+    /// flagged groups are counted and dropped before DISTINCT and before
+    /// anything above sees them.
+    fn aggregate(&self, s: &Select, rel: Rel, direct: bool) -> Result<Rel> {
         let keep = rel.keep.then(|| col(KEEP));
         // Distinct aggregate calls of the block, in order of appearance.
         let mut calls: Vec<&Expr> = Vec::new();
@@ -293,63 +382,97 @@ impl Lowerer {
             .enumerate()
             .map(|(i, g)| Ok(expr::per_row(g, expr::lower(g, &|_| None)?).cast(g.ty.to_polars()).alias(format!("g#{i}"))))
             .collect::<Result<_>>()?;
+        let protected = !rel.units.is_empty();
         let mut aggs = Vec::new();
         for (i, call) in calls.iter().enumerate() {
             let ExprKind::Aggregate { func, args, distinct } = &call.kind else { unreachable!() };
-            aggs.push(expr::aggregate(*func, args, *distinct, call.ty, keep.as_ref())?.alias(format!("a#{i}")));
+            let mut e = expr::aggregate(*func, args, *distinct, call.ty, keep.as_ref())?;
+            if protected && call.ty == SqlType::Double {
+                // Rounded where it is computed, so that no arithmetic in the
+                // statement (AVG × COUNT, a difference with a number the
+                // user read before) can get at more digits than are shown.
+                e = e.round_sig_figs(SIGNIFICANT_DIGITS as i32);
+            }
+            aggs.push(e.alias(format!("a#{i}")));
         }
-        let protected = !rel.units.is_empty();
-        // Aggregating released rows (post-processing): an output row that
-        // uses a row the release hides is hidden too.
-        let post = rel.released;
-        if post {
-            aggs.push(col(THIN_FLAG).any(true).alias(THIN_FLAG));
-            aggs.push(col(DIFF_FLAG).any(true).alias(DIFF_FLAG));
-        }
+        // People counts and what each says, against its unit's k.
+        let mut counts: Vec<(Rule, u64)> = Vec::new();
+        // Counts of people kept (indices into `counts`) that have an
+        // unfiltered twin `__all{i}`: removed = all - kept.
+        let mut removed: Vec<usize> = Vec::new();
         if protected {
-            for (i, (unit, _)) in rel.units.iter().enumerate() {
-                // Masked, not filtered: a filter inside a group-by takes
-                // polars' slow per-group path.
-                let kept = match &keep {
-                    Some(k) => pl::when(k.clone()).then(col(unit.as_str())).otherwise(lit(pl::Null {})),
-                    None => col(unit.as_str()),
-                };
-                let all = col(unit.as_str());
-                let (kept, all) = match (rel.people, &keep) {
-                    (People::Rows, Some(k)) => (k.clone().sum(), pl::len()),
-                    (People::Rows, None) => (pl::len(), pl::len()),
-                    (People::RowsWithUnit, _) => (kept.count(), all.count()),
-                    (People::Distinct, _) => (kept.drop_nulls().n_unique(), all.drop_nulls().n_unique()),
-                };
-                aggs.push(kept.cast(DataType::Int64).alias(format!("__kept{i}")));
-                // Without a keep flag both counts are the same: count once.
-                if keep.is_some() {
-                    aggs.push(all.cast(DataType::Int64).alias(format!("__all{i}")));
+            // Adds a people count as the aggregation column `__c{i}`; returns i.
+            let mut push = |aggs: &mut Vec<PExpr>, e: PExpr, rule: Rule, k: u64| -> usize {
+                let i = counts.len();
+                aggs.push(e.alias(format!("__c{i}")));
+                counts.push((rule, k));
+                i
+            };
+            let feeds = feeders(&calls)?;
+            let and = |a: &Option<PExpr>, b: PExpr| match a {
+                Some(a) => a.clone().and(b),
+                None => b,
+            };
+            for (unit, k) in &rel.units {
+                let (unit, k) = (unit.as_str(), *k);
+                // The group, then each aggregate's feeders: people kept;
+                // people removed (all their rows filtered out), against the
+                // unfiltered group; people touched (at least one row
+                // filtered out), which catches removing one of a person's
+                // several rows.
+                for feed in std::iter::once(None).chain(feeds.iter().cloned().map(Some)) {
+                    let within = |m: PExpr| match &feed {
+                        Some(f) => m.and(f.clone()),
+                        None => m,
+                    };
+                    let kept = match (&keep, &feed) {
+                        (Some(kp), _) => Some(within(kp.clone())),
+                        (None, Some(f)) => Some(f.clone()),
+                        (None, None) => None,
+                    };
+                    let i = push(&mut aggs, rel.people.count(unit, kept), Rule::AtLeastK, k);
+                    if let Some(kp) = &keep {
+                        aggs.push(rel.people.count(unit, feed.clone()).alias(format!("__all{i}")));
+                        push(&mut aggs, rel.people.count(unit, Some(within(kp.clone().not()))), Rule::NoneOrAtLeastKDiff, k);
+                        removed.push(i);
+                    }
+                }
+                // Each UNION ALL branch: its contribution rests on none or at
+                // least k people, and its filters touch none or at least k.
+                for b in (0..rel.branches).filter(|_| rel.branches > 1) {
+                    let branch = col(BRANCH).eq(lit(b as i32));
+                    push(&mut aggs, rel.people.count(unit, Some(and(&keep, branch.clone()))), Rule::NoneOrAtLeastKThin, k);
+                    if let Some(kp) = &keep {
+                        push(&mut aggs, rel.people.count(unit, Some(kp.clone().not().and(branch))), Rule::NoneOrAtLeastKDiff, k);
+                    }
                 }
             }
         }
-        let mut lf = if keys.is_empty() {
-            rel.lf.select(aggs)
-        } else {
-            rel.lf.group_by(keys).agg(aggs)
-        };
-        if protected && keep.is_none() {
-            let same: Vec<PExpr> = (0..rel.units.len()).map(|i| col(format!("__kept{i}")).alias(format!("__all{i}"))).collect();
-            lf = lf.with_columns(same);
-        }
+        let lf = if keys.is_empty() { rel.lf.select(aggs) } else { rel.lf.group_by(keys).agg(aggs) };
+        let mut lf = lf;
         if protected {
-            // Groups formed only by filtered-out rows (kept = 0) are not
-            // dropped: they are thin, so always hidden, and dropping them
+            // Groups formed only by filtered-out rows (no one kept) are not
+            // dropped: they are thin, so always withheld, and dropping them
             // would make "0 people" distinguishable from "1 to k-1 people".
             let mut thin = lit(false);
             let mut diff = lit(false);
-            for (i, (_, k)) in rel.units.iter().enumerate() {
+            for (i, (rule, k)) in counts.iter().enumerate() {
+                let n = col(format!("__c{i}"));
                 let k = lit(*k as i64);
-                let kept = col(format!("__kept{i}"));
-                let removed = col(format!("__all{i}")) - kept.clone();
-                thin = thin.or(kept.lt(k.clone()));
-                diff = diff.or(removed.clone().gt(lit(0i64)).and(removed.lt(k)));
+                let some_but_few = n.clone().gt(lit(0i64)).and(n.clone().lt(k.clone()));
+                match rule {
+                    Rule::AtLeastK => thin = thin.or(n.clone().lt(k.clone())),
+                    Rule::NoneOrAtLeastKThin => thin = thin.or(some_but_few),
+                    Rule::NoneOrAtLeastKDiff => diff = diff.or(some_but_few),
+                }
+                if removed.contains(&i) {
+                    let gone = col(format!("__all{i}")) - n;
+                    diff = diff.or(gone.clone().gt(lit(0i64)).and(gone.lt(k)));
+                }
             }
+            // A missing verdict withholds (fail closed).
+            let thin = pl::coalesce(&[thin, lit(true)]);
+            let diff = pl::coalesce(&[diff, lit(true)]);
             lf = lf.with_columns([thin.alias(THIN_FLAG), diff.alias(DIFF_FLAG)]);
         }
         // After aggregation: group keys and aggregates are columns.
@@ -364,9 +487,9 @@ impl Lowerer {
         };
         if let Some(h) = &s.having {
             let mut pass = pl::coalesce(&[expr::typed(expr::lower(h, &resolve)?, h.ty, SqlType::Boolean), lit(false)]);
-            if protected || post {
-                // HAVING never decides about a row the release will hide
-                // anyway, or it would be an oracle on that hidden row.
+            if protected {
+                // HAVING never removes a group that is withheld anyway, or
+                // the count of withheld groups would tell about its values.
                 pass = pass.or(col(THIN_FLAG)).or(col(DIFF_FLAG));
             }
             lf = lf.filter(pass);
@@ -375,38 +498,50 @@ impl Lowerer {
         for (i, item) in s.projection.iter().enumerate() {
             cols.push(expr::lower(&item.expr, &resolve)?.cast(item.expr.ty.to_polars()).alias(output_column(i)));
         }
-        if protected || post {
+        if protected {
             cols.push(col(THIN_FLAG));
             cols.push(col(DIFF_FLAG));
         }
         let mut lf = lf.select(cols);
+        if protected {
+            // The withheld point: count the flagged groups, then drop them,
+            // before DISTINCT (which would merge them) and before anything
+            // that post-processes this result.
+            let counted = lf.clone().select([
+                col(THIN_FLAG).sum().cast(DataType::Int64).alias(WITHHELD_THIN),
+                col(DIFF_FLAG).and(col(THIN_FLAG).not()).sum().cast(DataType::Int64).alias(WITHHELD_DIFF),
+            ]);
+            self.points.borrow_mut().push((counted, WithheldPoint { top: direct }));
+            let out: Vec<PExpr> = (0..s.projection.len()).map(|i| col(output_column(i))).collect();
+            lf = lf.filter(col(THIN_FLAG).or(col(DIFF_FLAG)).not()).select(out);
+        }
         if s.distinct {
             lf = lf.unique_stable(None, pl::UniqueKeepStrategy::First);
         }
-        Ok(Rel { lf, units: vec![], keep: false, released: protected || post, people: People::Distinct })
+        Ok(Rel { lf, units: vec![], keep: false, released: protected || rel.released, people: People::Distinct, branches: 1 })
     }
 
-    fn from(&self, item: &FromItem) -> Result<Rel> {
+    /// `direct`: see [`Lowerer::query`].
+    fn from(&self, item: &FromItem, direct: bool) -> Result<Rel> {
         match item {
             FromItem::Table { slot, table, .. } => self.scan(*slot, table),
             FromItem::Derived { slot, query, .. } => {
-                let rel = self.query(query, false)?;
+                let rel = self.query(query, false, direct)?;
                 let mut cols: Vec<PExpr> = (0..query.output().len()).map(|i| col(output_column(i)).alias(leaf_column(*slot, i))).collect();
                 let units: Vec<(String, u64)> = rel.units.iter().enumerate().map(|(j, (_, k))| (format!("__u{slot}_{j}"), *k)).collect();
                 cols.extend(rel.units.iter().zip(&units).map(|((old, _), (new, _))| col(old.as_str()).alias(new.as_str())));
                 if rel.keep {
                     cols.push(col(KEEP));
                 }
-                if rel.released {
-                    cols.push(col(THIN_FLAG));
-                    cols.push(col(DIFF_FLAG));
+                if rel.branches > 1 {
+                    cols.push(col(BRANCH));
                 }
-                Ok(Rel { lf: rel.lf.select(cols), units, keep: rel.keep, released: rel.released, people: rel.people })
+                Ok(Rel { lf: rel.lf.select(cols), units, ..rel })
             }
             FromItem::Join { left, right, kind, on, .. } => {
-                let l = self.from(left)?;
-                let r = self.from(right)?;
-                if l.released || r.released {
+                let l = self.from(left, false)?;
+                let r = self.from(right, false)?;
+                if (l.released && !r.units.is_empty()) || (r.released && !l.units.is_empty()) {
                     return Err(unsupported("joining an aggregated result on protected data", "join the tables, then aggregate"));
                 }
                 if *kind == JoinKind::Left && r.keep {
@@ -426,13 +561,20 @@ impl Lowerer {
                 if !protected {
                     let how = if *kind == JoinKind::Left { JoinType::Left } else { JoinType::Inner };
                     let lf = l.lf.join(r.lf, left_on, right_on, JoinArgs::new(how).with_coalesce(JoinCoalesce::KeepColumns));
-                    return Ok(Rel { lf, units: vec![], keep: false, released: false, people: People::Distinct });
+                    return Ok(Rel { released: l.released || r.released, ..Rel::new(lf) });
                 }
                 // A join drops the rows without a match, which is a filter
                 // like WHERE: join fully and AND "matched" into the keep flag,
                 // so the people a join removes are counted like filtered ones.
                 let lf_marked = l.lf.with_column(lit(true).alias("__lp"));
-                let rf = if r.keep { r.lf.rename([KEEP], ["__keep_r"], true) } else { r.lf }.with_column(lit(true).alias("__rp"));
+                let mut rf = r.lf;
+                if r.keep {
+                    rf = rf.rename([KEEP], ["__keep_r"], true);
+                }
+                if r.branches > 1 {
+                    rf = rf.rename([BRANCH], ["__br_r"], true);
+                }
+                let rf = rf.with_column(lit(true).alias("__rp"));
                 let lf = lf_marked.join(rf, left_on, right_on, JoinArgs::new(JoinType::Full).with_coalesce(JoinCoalesce::KeepColumns));
                 let left_present = col("__lp").is_not_null();
                 let right_present = col("__rp").is_not_null();
@@ -446,12 +588,25 @@ impl Lowerer {
                 if r.keep {
                     flag = flag.and(pl::coalesce(&[col("__keep_r"), lit(false)]));
                 }
+                let mut columns = vec![flag.alias(KEEP)];
+                // Branches of unions on both sides: each pair is a branch. A
+                // row without a match on one side counts in that side's first.
+                let branches = l.branches * r.branches;
+                if r.branches > 1 {
+                    let lb = if l.branches > 1 { pl::coalesce(&[col(BRANCH), lit(0i32)]) } else { lit(0i32) };
+                    let rb = pl::coalesce(&[col("__br_r"), lit(0i32)]);
+                    columns.push((lb * lit(r.branches as i32) + rb).cast(DataType::Int32).alias(BRANCH));
+                } else if l.branches > 1 {
+                    columns.push(pl::coalesce(&[col(BRANCH), lit(0i32)]).alias(BRANCH));
+                }
                 let mut drop: Vec<pl::PlSmallStr> = vec!["__lp".into(), "__rp".into()];
                 if r.keep {
                     drop.push("__keep_r".into());
                 }
-                let lf = lf.with_column(flag.alias(KEEP)).drop(pl::Selector::ByName { names: drop.into(), strict: true });
-                let keep = true;
+                if r.branches > 1 {
+                    drop.push("__br_r".into());
+                }
+                let lf = lf.with_columns(columns).drop(pl::Selector::ByName { names: drop.into(), strict: true });
                 // A side's units stay one per row when each of its rows meets
                 // at most one row of the other side (the other key is unique).
                 // Keys cast to a wider type could collide, so only same-typed pairs count.
@@ -462,7 +617,7 @@ impl Lowerer {
                 units.extend(r.units);
                 // A full join adds rows without the other side's unit.
                 let people = if left_ok && right_ok { People::RowsWithUnit } else { People::Distinct };
-                Ok(Rel { lf, units, keep, released: false, people })
+                Ok(Rel { lf, units, keep: true, released: false, people, branches })
             }
         }
     }
@@ -498,7 +653,7 @@ impl Lowerer {
                 People::Distinct
             };
         }
-        Ok(Rel { lf: table.scan()?.select(cols), units, keep: false, released: false, people })
+        Ok(Rel { units, people, ..Rel::new(table.scan()?.select(cols)) })
     }
 }
 
@@ -543,9 +698,42 @@ fn internal_columns(rel: &Rel) -> Vec<PExpr> {
     if rel.keep {
         cols.push(col(KEEP));
     }
-    if rel.released {
-        cols.push(col(THIN_FLAG));
-        cols.push(col(DIFF_FLAG));
+    if rel.branches > 1 {
+        cols.push(col(BRANCH));
     }
     cols
+}
+
+/// Per distinct argument list of the aggregate calls that read data: the
+/// rows whose values feed it (all its data arguments non-NULL). `COUNT(*)`
+/// and constant arguments read every row of the group, which the group's
+/// own count covers.
+fn feeders(calls: &[&Expr]) -> Result<Vec<PExpr>> {
+    let mut seen: Vec<&[Expr]> = Vec::new();
+    let mut feeds = Vec::new();
+    for call in calls {
+        let ExprKind::Aggregate { func, args, .. } = &call.kind else { continue };
+        let data: &[Expr] = match func {
+            AggFunc::CountStar => &[],
+            AggFunc::Quantile => &args[..args.len().min(1)],
+            _ => args,
+        };
+        if !data.iter().any(|a| a.references_columns()) {
+            continue;
+        }
+        if seen.iter().any(|s| s.len() == data.len() && s.iter().zip(data).all(|(a, b)| a.same_as(b))) {
+            continue;
+        }
+        seen.push(data);
+        let mut feed: Option<PExpr> = None;
+        for a in data.iter().filter(|a| a.references_columns()) {
+            let present = expr::lower(a, &|_| None)?.is_not_null();
+            feed = Some(match feed {
+                Some(f) => f.and(present),
+                None => present,
+            });
+        }
+        feeds.extend(feed);
+    }
+    Ok(feeds)
 }
