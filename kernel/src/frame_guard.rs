@@ -28,6 +28,17 @@ pub enum GuardError {
     MessageTooLarge(u64),
     #[error("the peer closed the connection")]
     Closed,
+    #[error("the kernel's socket is closed (the kernel is shutting down)")]
+    KernelClosed,
+}
+
+impl GuardError {
+    /// A connection that ended the ordinary way: the client hung up, or
+    /// reconnected while the kernel was shutting down (clients reconnect
+    /// at once when the kernel's side closes). Not worth a warning.
+    pub fn is_routine(&self) -> bool {
+        matches!(self, GuardError::Closed | GuardError::KernelClosed)
+    }
 }
 
 /// Reads the ZMTP stream of one peer, frame by frame, and passes it on.
@@ -88,8 +99,10 @@ pub async fn serve(listener: TcpListener, inner: PathBuf, max_message: u64) {
         };
         let inner = inner.clone();
         tokio::spawn(async move {
-            if let Err(e) = relay(peer, &inner, max_message).await {
-                tracing::warn!("closed the connection from {addr}: {e}");
+            match relay(peer, &inner, max_message).await {
+                Ok(()) => {}
+                Err(e) if e.is_routine() => tracing::debug!("the connection from {addr} ended: {e}"),
+                Err(e) => tracing::warn!("closed the connection from {addr}: {e}"),
             }
         });
     }
@@ -97,7 +110,7 @@ pub async fn serve(listener: TcpListener, inner: PathBuf, max_message: u64) {
 
 async fn relay(peer: TcpStream, inner: &Path, max_message: u64) -> Result<(), GuardError> {
     let _ = peer.set_nodelay(true);
-    let kernel = UnixStream::connect(inner).await.map_err(|_| GuardError::Closed)?;
+    let kernel = UnixStream::connect(inner).await.map_err(|_| GuardError::KernelClosed)?;
     let (peer_read, mut peer_write) = peer.into_split();
     let (kernel_read, kernel_write) = kernel.into_split();
     // The kernel's side is trusted: copied as is.
@@ -167,6 +180,25 @@ mod tests {
         }
         let (r, _) = run(input, 20_000).await;
         assert!(matches!(r, Err(GuardError::MessageTooLarge(_))), "{r:?}");
+    }
+
+    #[tokio::test]
+    async fn a_connection_after_the_kernel_closed_is_routine() {
+        let dir = std::env::temp_dir().join(format!("sd-guard-{}", std::process::id()));
+        let _ = std::fs::create_dir_all(&dir);
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let client = tokio::spawn(async move { TcpStream::connect(addr).await });
+        let (peer, _) = listener.accept().await.unwrap();
+        // No socket at this path: the kernel has shut down.
+        let r = relay(peer, &dir.join("gone"), 1 << 20).await;
+        assert_eq!(r, Err(GuardError::KernelClosed));
+        assert!(r.unwrap_err().is_routine());
+        assert!(GuardError::Closed.is_routine());
+        assert!(!GuardError::FrameTooLarge(1 << 40, 1 << 20).is_routine());
+        assert!(!GuardError::MessageTooLarge(1 << 20).is_routine());
+        drop(client.await);
+        let _ = std::fs::remove_dir(&dir);
     }
 
     #[tokio::test]

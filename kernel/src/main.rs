@@ -39,8 +39,13 @@ enum Command {
         config: PathBuf,
         #[arg(long, value_enum, default_value = "table")]
         format: Format,
-        /// One or more `;`-separated statements.
-        sql: String,
+        /// Read the statements from FILE (`-`: standard input).
+        #[arg(long, value_name = "FILE", conflicts_with = "sql")]
+        file: Option<PathBuf>,
+        /// One or more `;`-separated statements (`-`: read them from standard
+        /// input). They may begin with a `--` comment.
+        #[arg(allow_hyphen_values = true, required_unless_present = "file")]
+        sql: Option<String>,
     },
     /// Check the owner's configuration file.
     Config {
@@ -176,7 +181,10 @@ fn main() -> ExitCode {
                 Err(e) => fail(e),
             }
         }
-        Command::Query { config, format, sql } => query(&config, format, &sql),
+        Command::Query { config, format, file, sql } => match statements(file.as_deref(), sql) {
+            Ok(sql) => query(&config, format, &sql),
+            Err(e) => fail(e),
+        },
         Command::Config { command: ConfigCommand::Check { config } } => match load(&config) {
             Ok(catalog) => {
                 println!("{}: ok", config.display());
@@ -210,6 +218,23 @@ fn main() -> ExitCode {
             }
             Err(e) => fail(e),
         },
+    }
+}
+
+/// The statements of `safe-data query`: the argument, a file, or standard
+/// input (`-` as either).
+fn statements(file: Option<&Path>, sql: Option<String>) -> Result<String, String> {
+    use std::io::Read;
+    let from_stdin = || {
+        let mut text = String::new();
+        std::io::stdin().read_to_string(&mut text).map(|_| text).map_err(|e| format!("cannot read the statements from standard input: {e}"))
+    };
+    match (file, sql) {
+        (Some(path), _) if path == Path::new("-") => from_stdin(),
+        (Some(path), _) => std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display())),
+        (None, Some(sql)) if sql == "-" => from_stdin(),
+        (None, Some(sql)) => Ok(sql),
+        (None, None) => Err("give the statements as an argument, with --file FILE, or - to read standard input".into()),
     }
 }
 

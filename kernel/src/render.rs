@@ -49,10 +49,17 @@ pub fn text(r: &Released) -> String {
     }
     let n = r.rows().len();
     out.push_str(&format!("({n} row{})", if n == 1 { "" } else { "s" }));
-    for notice in r.notices() {
-        out.push_str(&format!("\nNote: {}", notice.message));
+    for note in notes(r) {
+        out.push_str(&format!("\nNote: {note}"));
     }
     out
+}
+
+/// The policy's notices, then a chart's own notes (withheld bins, values
+/// outside a histogram's bins).
+fn notes(r: &Released) -> Vec<String> {
+    let chart_notes = r.chart().map(|c| crate::vegalite::notes(r, c)).unwrap_or_default();
+    r.notices().iter().map(|n| n.message.clone()).chain(chart_notes).collect()
 }
 
 /// HTML-escapes text.
@@ -145,6 +152,7 @@ pub fn html(r: &Released) -> String {
 }
 
 pub fn notices_html(r: &Released) -> String {
+    let chart_notes = r.chart().map(|c| crate::vegalite::notes(r, c)).unwrap_or_default();
     r.notices()
         .iter()
         .map(|n| {
@@ -152,8 +160,10 @@ pub fn notices_html(r: &Released) -> String {
                 NoticeKind::Suppressed | NoticeKind::Differencing => "Suppressed",
                 NoticeKind::Truncated => "Truncated",
             };
-            format!("<div class=\"sd-notice\"><b>{label}:</b> {}</div>", html_escape(&n.message))
+            (label, &n.message)
         })
+        .chain(chart_notes.iter().map(|n| ("Chart", n)))
+        .map(|(label, message)| format!("<div class=\"sd-notice\"><b>{label}:</b> {}</div>", html_escape(message)))
         .collect()
 }
 
@@ -205,8 +215,9 @@ pub fn outputs(r: &Released) -> Vec<Json> {
     data.insert(crate::vegalite::MIME.into(), crate::vegalite::spec(r, chart));
     data.insert("text/plain".into(), Json::String(text(r)));
     let mut out = vec![Json::Object(data)];
-    if !r.notices().is_empty() {
-        let plain: Vec<String> = r.notices().iter().map(|n| format!("Note: {}", n.message)).collect();
+    let notes = notes(r);
+    if !notes.is_empty() {
+        let plain: Vec<String> = notes.iter().map(|n| format!("Note: {n}")).collect();
         out.push(json!({"text/plain": plain.join("\n"), "text/html": format!("{STYLE}{}", notices_html(r))}));
     }
     out

@@ -11,13 +11,14 @@
 //! query after it is parsed by sqlparser like any other, with the header
 //! blanked out so source locations stay those of the cell. A chart is never
 //! drawn from anything but a released result: BAR, LINE and SCATTER draw the
-//! rows of their query; HISTOGRAM rewrites its one-column query into a
-//! GROUP BY over equal-width bins ([`histogram_sql`]), so each bin passes the
-//! same k-threshold as any group. This module does not render: the kernel
-//! turns a resolved [`Chart`] and released rows into Vega-Lite.
+//! rows of their query; HISTOGRAM rewrites its one-column query, on the IR,
+//! into a GROUP BY over equal-width bins ([`histogram_query`]), so each bin
+//! passes the same k-threshold as any group. This module does not render:
+//! the kernel turns a resolved [`Chart`] and released rows into Vega-Lite.
 
+use crate::decimal::Decimal;
 use crate::error::{Error, Result};
-use crate::ir::{ExprKind, FromItem, Query, SetExpr};
+use crate::ir::{AggFunc, BinaryOp, ColumnRef, Expr, ExprKind, FromItem, Literal, OrderKey, Query, ScalarFunc, Select, SelectItem, SetExpr};
 use crate::span::{LineIndex, Span};
 use crate::types::SqlType;
 use serde::Serialize;
@@ -247,6 +248,22 @@ pub struct Chart {
     /// The x axis's title when it is not the x column's name (a histogram's
     /// bins are of the binned column).
     pub x_title: Option<String>,
+    /// A histogram's bins, so the chart can show the ones missing from the
+    /// released rows.
+    pub bins: Option<HistogramBins>,
+}
+
+/// The bins of a histogram's result.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct HistogramBins {
+    /// The column of each row's bin number: `1..=count` inside the range, 0
+    /// below it, `count + 1` at or above its end, NULL for NULL values.
+    pub field: String,
+    pub count: u32,
+    /// The `count + 1` edges, the very numbers of the rows' `bin_start` and `bin_end`.
+    pub edges: Vec<f64>,
+    /// The strictest k of the protected tables read; `None` for public data only.
+    pub min_group_size: Option<u64>,
 }
 
 /// One channel of a chart: a column of the result and its type.
@@ -302,7 +319,7 @@ pub fn resolve(spec: &ChartSpec, columns: &[(String, SqlType)]) -> Result<Chart>
         }
         None => None,
     };
-    Ok(Chart { kind: spec.kind, x, x2: None, y, color, title, x_title: None })
+    Ok(Chart { kind: spec.kind, x, x2: None, y, color, title, x_title: None, bins: None })
 }
 
 /// The equal-width bins of a histogram.
@@ -316,81 +333,207 @@ pub struct Bins {
 /// Most bins a histogram may ask for.
 pub const MAX_BINS: u32 = 1000;
 
-/// Rewrites `SELECT <x> FROM ... [WHERE ...]` (already bound as `bound`)
-/// into the query that counts rows per bin of `x`:
-/// `bin_start, bin_end, count`, one row per bin, in order. Values outside
-/// `[min, max]` fall into the first or last bin; NULLs make a bin of their
-/// own (drawn nowhere, listed in the table). The bins come from the
-/// options, else from the owner's bounds of the column: never from the data,
-/// whose minimum and maximum are one person's values.
-pub fn histogram_sql(spec: &ChartSpec, text: &str, query: &ast::Query, bound: &Query) -> Result<(String, Chart)> {
-    let shape_error = || {
-        Error::invalid(
-            "HISTOGRAM takes a query of one numeric column without GROUP BY, e.g. CHART HISTOGRAM (bins = 20) SELECT age FROM patients WHERE ...",
-            Some(bound.span),
-        )
-    };
-    let ast::SetExpr::Select(select) = query.body.as_ref() else { return Err(shape_error()) };
-    let SetExpr::Select(bound_select) = &bound.body else { return Err(shape_error()) };
-    if query.with.is_some()
-        || query.order_by.is_some()
-        || query.limit_clause.is_some()
-        || select.projection.len() != 1
-        || select.distinct.is_some()
-        || select.having.is_some()
-        || !matches!(&select.group_by, ast::GroupByExpr::Expressions(e, _) if e.is_empty())
-        || bound_select.projection.iter().any(|p| p.expr.contains_aggregate())
-        || select.from.is_empty()
-    {
-        return Err(shape_error());
-    }
-    let item = &bound_select.projection[0];
-    if !item.expr.ty.is_numeric() {
-        return Err(Error::invalid(format!("HISTOGRAM needs a numeric column; this one is {}", item.expr.ty), Some(item.expr.span)));
-    }
-    let bins = bins(spec, bound_select, &item.expr)?;
-    let index = LineIndex::new(text);
-    let piece = |span: sqlparser::tokenizer::Span| index.span(span).map(|s| &text[s.start..s.end]);
-    let expr_sql = match &select.projection[0] {
-        ast::SelectItem::UnnamedExpr(e) | ast::SelectItem::ExprWithAlias { expr: e, .. } => piece(ast::Spanned::span(e)),
-        _ => None,
-    }
-    .ok_or_else(shape_error)?;
-    // Everything from the first table to the end: FROM's tables, WHERE. (A
-    // newline follows it, so a trailing `--` comment ends there.)
-    let first_table = ast::Spanned::span(&select.from[0]);
-    let from_start = index.span(first_table).ok_or_else(shape_error)?.start;
-    let from_sql = text[from_start..].trim_end();
+/// The columns of a histogram's result.
+const BIN: &str = "bin";
+const BIN_START: &str = "bin_start";
+const BIN_END: &str = "bin_end";
+const COUNT: &str = "count";
+/// The alias of the chart's own query inside the histogram's.
+const SOURCE: &str = "histogram";
 
-    let width = (bins.max - bins.min) / bins.count as f64;
-    let (lo, hi, n) = (num(bins.min), num(bins.max), bins.count);
-    let bucket = format!("WIDTH_BUCKET(({expr_sql}), {lo}, {hi}, {n})");
-    let sql = format!(
-        "SELECT {lo} + (bin - 1) * {w} AS bin_start, {lo} + bin * {w} AS bin_end, \"count\" \
-         FROM (SELECT CASE WHEN {bucket} < 1 THEN 1 WHEN {bucket} > {n} THEN {n} ELSE {bucket} END AS bin, COUNT(*) AS \"count\" \
-         FROM {from_sql}\n GROUP BY 1) AS histogram ORDER BY bin_start",
-        w = num(width)
+/// Rewrites a histogram's one-column query (`bound`) into the query that
+/// counts its rows per bin: `bin_start, bin_end, count, bin`, one row per
+/// bin, in bin order. `bin` is `WIDTH_BUCKET`'s number: bins `1..=n` cover
+/// `[min, max)`; values below `min` are bin 0 (no `bin_start`), values at or
+/// above `max` bin `n + 1` (no `bin_end`), and NULLs a row of their own: they
+/// are counted apart, never merged into the first or last bin. The bins come
+/// from the options, else from the owner's bounds of the column: never from
+/// the data, whose minimum and maximum are one person's values.
+///
+/// The rewrite is on the IR: the chart's query, whatever its shape
+/// (subqueries, CTEs, joins, unions), is the FROM of one GROUP BY
+/// `WIDTH_BUCKET(x, min, max, n)`, so each bin is a group released like any
+/// other. Its ORDER BY, which cannot change a count, is dropped.
+pub fn histogram_query(spec: &ChartSpec, bound: &Query) -> Result<(Query, Chart)> {
+    let output = bound.output();
+    let [column] = output.as_slice() else {
+        return Err(Error::invalid(
+            "HISTOGRAM takes a query of one numeric column, e.g. CHART HISTOGRAM (bins = 20) SELECT age FROM patients WHERE ...",
+            Some(bound.span),
+        ));
+    };
+    let column_span = match &bound.body {
+        SetExpr::Select(s) => s.projection.iter().find(|i| !i.sort_only).map(|i| i.expr.span).unwrap_or(bound.span),
+        _ => bound.span,
+    };
+    if !column.ty.is_numeric() {
+        return Err(Error::invalid(format!("HISTOGRAM needs a numeric column; this one is {}", column.ty), Some(column_span)));
+    }
+    let bins = bins(spec, bound, column_span)?;
+    let span = bound.span;
+    let mut source = bound.clone();
+    if source.limit.is_none() && source.offset.is_none() {
+        source.order_by.clear();
+        if let SetExpr::Select(s) = &mut source.body {
+            s.projection.retain(|i| !i.sort_only);
+        }
+    }
+    let value = Expr {
+        kind: ExprKind::Column(ColumnRef { slot: 0, index: 0, qualifier: SOURCE.into(), name: column.name.clone() }),
+        ty: column.ty,
+        span,
+    };
+    let n = bins.count;
+    let bucket = Expr {
+        kind: ExprKind::Scalar {
+            func: ScalarFunc::WidthBucket,
+            args: vec![value, number(bins.min, span), number(bins.max, span), integer(i64::from(n), span)],
+        },
+        ty: SqlType::Integer,
+        span,
+    };
+    let edges = EdgeFormula::new(&bins);
+    let when = |test: Expr, then: Expr| Expr {
+        kind: ExprKind::Case { whens: vec![(test, then)], otherwise: None },
+        ty: SqlType::Double,
+        span,
+    };
+    // Bin i runs from edge i - 1 to edge i; bin 0 has no start, bin n + 1 no end.
+    let start = when(
+        binary(BinaryOp::GtEq, bucket.clone(), integer(1, span), SqlType::Boolean),
+        edges.expr(n, binary(BinaryOp::Sub, bucket.clone(), integer(1, span), SqlType::Integer)),
     );
-    let title = spec.title()?;
+    let end = when(binary(BinaryOp::LtEq, bucket.clone(), integer(i64::from(n), span), SqlType::Boolean), edges.expr(n, bucket.clone()));
+    let count = Expr { kind: ExprKind::Aggregate { func: AggFunc::CountStar, args: vec![], distinct: false }, ty: SqlType::Integer, span };
+    let item = |expr: Expr, name: &str| SelectItem { expr, name: name.into(), sort_only: false };
+    let select = Select {
+        distinct: false,
+        projection: vec![item(start, BIN_START), item(end, BIN_END), item(count, COUNT), item(bucket.clone(), BIN)],
+        from: Some(FromItem::Derived { slot: 0, query: Box::new(source), alias: SOURCE.into(), cte: None, columns: vec![], span }),
+        filter: None,
+        group_by: vec![bucket],
+        having: None,
+        aggregate: true,
+        span,
+    };
+    let query = Query {
+        ctes: vec![],
+        body: SetExpr::Select(Box::new(select)),
+        order_by: vec![OrderKey { column: 3, descending: false, nulls_first: false }],
+        limit: None,
+        offset: None,
+        span,
+    };
     let chart = Chart {
         kind: ChartKind::Histogram,
-        x: Encoding { field: "bin_start".into(), ty: SqlType::Double },
-        x2: Some(Encoding { field: "bin_end".into(), ty: SqlType::Double }),
-        y: Encoding { field: "count".into(), ty: SqlType::Integer },
+        x: Encoding { field: BIN_START.into(), ty: SqlType::Double },
+        x2: Some(Encoding { field: BIN_END.into(), ty: SqlType::Double }),
+        y: Encoding { field: COUNT.into(), ty: SqlType::Integer },
         color: None,
-        title: title.or_else(|| Some(format!("Histogram of {}", item.name))),
-        x_title: Some(item.name.clone()),
+        title: spec.title()?.or_else(|| Some(format!("Histogram of {}", column.name))),
+        x_title: Some(column.name.clone()),
+        bins: Some(HistogramBins {
+            field: BIN.into(),
+            count: n,
+            edges: (0..=n).map(|j| edges.value(n, j)).collect(),
+            min_group_size: strictest_k(bound),
+        }),
     };
-    Ok((sql, chart))
+    Ok((query, chart))
 }
 
-/// A number as SQL text that reads back exactly.
-fn num(x: f64) -> String {
-    let s = format!("{x:?}");
-    if s.contains('e') { format!("{x:.17}") } else { s }
+/// [`histogram_query`] as SQL text (the IR's SQL binds back to the same IR),
+/// for callers that bind text. `_text` and `_query` are not read.
+pub fn histogram_sql(spec: &ChartSpec, _text: &str, _query: &ast::Query, bound: &Query) -> Result<(String, Chart)> {
+    let (query, chart) = histogram_query(spec, bound)?;
+    Ok((query.to_string(), chart))
 }
 
-fn bins(spec: &ChartSpec, select: &crate::ir::Select, expr: &crate::ir::Expr) -> Result<Bins> {
+/// How the query computes a bin edge from its index `j` (0 is `min`, `n`
+/// is `max`), so that it prints as written: `0.6`, not `0.6000000000000001`.
+enum EdgeFormula {
+    /// `(a·(n - j) + b·j) / d` with `min = a / 10^s`, `max = b / 10^s` and
+    /// `d = n·10^s`: integers exact in a double, so one rounding (the
+    /// division) gives the double nearest to the exact edge, which prints
+    /// as the exact edge whenever it has a short decimal form.
+    Exact { a: i64, b: i64, d: i64 },
+    /// `min + j·width`, for edges with too many digits for the above.
+    Float { min: f64, width: f64 },
+}
+
+impl EdgeFormula {
+    fn new(bins: &Bins) -> EdgeFormula {
+        const EXACT: i64 = 1 << 53;
+        let n = i64::from(bins.count);
+        let exact = || -> Option<EdgeFormula> {
+            let (a, sa) = Decimal::of_f64(bins.min)?.as_scaled_i64()?;
+            let (b, sb) = Decimal::of_f64(bins.max)?.as_scaled_i64()?;
+            let s = sa.max(sb);
+            let a = a.checked_mul(10i64.checked_pow(s - sa)?)?;
+            let b = b.checked_mul(10i64.checked_pow(s - sb)?)?;
+            let d = n.checked_mul(10i64.checked_pow(s)?)?;
+            let fits = |v: i64| v.checked_abs().and_then(|v| v.checked_mul(n)).is_some_and(|v| v <= EXACT);
+            (fits(a) && fits(b) && d <= EXACT).then_some(EdgeFormula::Exact { a, b, d })
+        };
+        exact().unwrap_or(EdgeFormula::Float { min: bins.min, width: (bins.max - bins.min) / bins.count as f64 })
+    }
+
+    /// Edge `j`, computed as the query computes it.
+    fn value(&self, n: u32, j: u32) -> f64 {
+        match *self {
+            EdgeFormula::Exact { a, b, d } => (a * i64::from(n - j) + b * i64::from(j)) as f64 / d as f64,
+            EdgeFormula::Float { min, width } => min + f64::from(j) * width,
+        }
+    }
+
+    /// Edge `j` as an expression of `j`.
+    fn expr(&self, n: u32, j: Expr) -> Expr {
+        let span = j.span;
+        match *self {
+            EdgeFormula::Exact { a, b, d } => {
+                let rest = binary(BinaryOp::Sub, integer(i64::from(n), span), j.clone(), SqlType::Integer);
+                let low = binary(BinaryOp::Mul, integer(a, span), rest, SqlType::Integer);
+                let high = binary(BinaryOp::Mul, integer(b, span), j, SqlType::Integer);
+                let numerator = match (a, b) {
+                    (0, _) => high,
+                    (_, 0) => low,
+                    _ => binary(BinaryOp::Add, low, high, SqlType::Integer),
+                };
+                binary(BinaryOp::Div, numerator, integer(d, span), SqlType::Double)
+            }
+            EdgeFormula::Float { min, width } => binary(
+                BinaryOp::Add,
+                double(min, span),
+                binary(BinaryOp::Mul, j, double(width, span), SqlType::Double),
+                SqlType::Double,
+            ),
+        }
+    }
+}
+
+fn literal(l: Literal, ty: SqlType, span: Span) -> Expr {
+    Expr { kind: ExprKind::Literal(l), ty, span }
+}
+
+fn integer(v: i64, span: Span) -> Expr {
+    literal(Literal::Integer(v), SqlType::Integer, span)
+}
+
+fn double(x: f64, span: Span) -> Expr {
+    literal(Literal::Double(x), SqlType::Double, span)
+}
+
+/// A number literal: an integer when it is one (and exact), else a double.
+fn number(x: f64, span: Span) -> Expr {
+    if x.fract() == 0.0 && x.abs() < (1u64 << 53) as f64 { integer(x as i64, span) } else { double(x, span) }
+}
+
+fn binary(op: BinaryOp, left: Expr, right: Expr, ty: SqlType) -> Expr {
+    let span = left.span;
+    Expr { kind: ExprKind::Binary { op, left: Box::new(left), right: Box::new(right) }, ty, span }
+}
+
+fn bins(spec: &ChartSpec, query: &Query, span: Span) -> Result<Bins> {
     let number = |key: &str| -> Result<Option<f64>> {
         match spec.get(key) {
             None => Ok(None),
@@ -405,14 +548,14 @@ fn bins(spec: &ChartSpec, select: &crate::ir::Select, expr: &crate::ir::Expr) ->
             return Err(Error::invalid(format!("`bins` is a whole number from 1 to {MAX_BINS}"), spec.get("bins").map(|o| o.span)));
         }
     };
-    let owner_bounds = column_bounds(select, expr);
+    let owner_bounds = output_bounds(query, 0);
     let (min, max) = match (number("min")?, number("max")?, owner_bounds) {
         (Some(lo), Some(hi), _) => (lo, hi),
         (lo, hi, Some((blo, bhi))) => (lo.unwrap_or(blo), hi.unwrap_or(bhi)),
         _ => {
             return Err(Error::invalid(
                 "give the histogram's range with min = ... and max = ...: this expression has no bounds from the data owner, and the data's own minimum and maximum are individual values",
-                Some(expr.span),
+                Some(span),
             ));
         }
     };
@@ -422,14 +565,55 @@ fn bins(spec: &ChartSpec, select: &crate::ir::Select, expr: &crate::ir::Expr) ->
     Ok(Bins { min, max, count })
 }
 
-/// The owner's bounds of a bare table column.
-fn column_bounds(select: &crate::ir::Select, expr: &crate::ir::Expr) -> Option<(f64, f64)> {
-    let ExprKind::Column(c) = &expr.kind else { return None };
-    let from = select.from.as_ref()?;
-    from.leaves().into_iter().find_map(|leaf| match leaf {
-        FromItem::Table { slot, table, .. } if *slot == c.slot => table.columns.get(c.index).and_then(|col| col.bounds),
-        _ => None,
-    })
+/// The owner's bounds of output column `index` of `query`, when it is a bare
+/// table column, through subqueries, CTEs and unions whose sides agree.
+fn output_bounds(query: &Query, index: usize) -> Option<(f64, f64)> {
+    set_bounds(&query.body, index)
+}
+
+fn set_bounds(body: &SetExpr, index: usize) -> Option<(f64, f64)> {
+    match body {
+        SetExpr::Query(q) => output_bounds(q, index),
+        SetExpr::Union { left, right, .. } => {
+            let l = set_bounds(left, index)?;
+            (set_bounds(right, index)? == l).then_some(l)
+        }
+        SetExpr::Select(s) => {
+            let item = s.projection.iter().filter(|i| !i.sort_only).nth(index)?;
+            let ExprKind::Column(c) = &item.expr.kind else { return None };
+            s.from.as_ref()?.leaves().into_iter().find_map(|leaf| match leaf {
+                FromItem::Table { slot, table, .. } if *slot == c.slot => table.columns.get(c.index).and_then(|col| col.bounds),
+                FromItem::Derived { slot, query, .. } if *slot == c.slot => output_bounds(query, c.index),
+                _ => None,
+            })
+        }
+    }
+}
+
+/// The strictest k of the protected tables a query reads (`None`: public
+/// tables only).
+fn strictest_k(query: &Query) -> Option<u64> {
+    fn set(body: &SetExpr, k: &mut Option<u64>) {
+        match body {
+            SetExpr::Query(q) => set(&q.body, k),
+            SetExpr::Union { left, right, .. } => {
+                set(left, k);
+                set(right, k);
+            }
+            SetExpr::Select(s) => {
+                for leaf in s.from.iter().flat_map(|f| f.leaves()) {
+                    match leaf {
+                        FromItem::Table { table, .. } if !table.public => *k = Some(k.unwrap_or(0).max(table.min_group_size)),
+                        FromItem::Derived { query, .. } => set(&query.body, k),
+                        _ => {}
+                    }
+                }
+            }
+        }
+    }
+    let mut k = None;
+    set(&query.body, &mut k);
+    k
 }
 
 #[cfg(test)]
@@ -473,6 +657,119 @@ mod tests {
         assert!(!is_chart("SELE«"));
         assert!(parse_header("CHART# bar SELECT 1").is_err());
         assert!(!is_chart("SELECT 1"));
+    }
+
+    mod histograms {
+        use super::super::*;
+        use crate::Catalog;
+        use crate::bind::{bind_query, bind_sql};
+        use crate::engine::{self, CancelFlag, Value};
+        use crate::lower::{Mode, lower_query};
+        use crate::parse::{Statement, parse_statement};
+
+        fn catalog() -> Catalog {
+            let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/safe-data.toml");
+            Catalog::load(&path).unwrap_or_else(|e| panic!("cannot load {}: {e}", path.display()))
+        }
+
+        /// The histogram query of a CHART HISTOGRAM statement, and its chart.
+        fn rewrite(catalog: &Catalog, statement: &str) -> Result<(Query, Chart)> {
+            let Statement::Chart { spec, query, text } = parse_statement(statement)? else { panic!("not a chart: {statement}") };
+            let bound = bind_query(catalog, &text, &query)?;
+            histogram_query(&spec, &bound)
+        }
+
+        /// The rows of a query run as is (public tables), as text lines.
+        fn run(query: &Query) -> Vec<String> {
+            let lowered = lower_query(query, Mode::Plain).expect("lowers");
+            let df = engine::collect(lowered.frame, &CancelFlag::new(), engine::Limits::time_only(std::time::Duration::from_secs(30))).expect("runs");
+            let types: Vec<_> = lowered.output.iter().map(|f| f.ty).collect();
+            let mut lines = vec![lowered.output.iter().map(|f| f.name.as_str()).collect::<Vec<_>>().join("|")];
+            for row in engine::rows_of(&df, &types, &(0..df.height()).collect::<Vec<_>>()) {
+                lines.push(row.iter().map(|v| if *v == Value::Null { "NULL".into() } else { v.to_text() }).collect::<Vec<_>>().join("|"));
+            }
+            lines
+        }
+
+        #[test]
+        fn values_outside_the_range_are_counted_apart() {
+            let catalog = catalog();
+            // Ages 19 (below 20) and 60 (at max) are not merged into the first and last bins.
+            let (q, chart) = rewrite(&catalog, "CHART HISTOGRAM (bins = 4, min = 20, max = 60) SELECT age FROM people").unwrap();
+            assert_eq!(
+                run(&q),
+                vec![
+                    "bin_start|bin_end|count|bin",
+                    "NULL|20.0|1|0",
+                    "20.0|30.0|3|1",
+                    "30.0|40.0|3|2",
+                    "40.0|50.0|3|3",
+                    "50.0|60.0|1|4",
+                    "60.0|NULL|1|5",
+                ]
+            );
+            let bins = chart.bins.unwrap();
+            assert_eq!((bins.field.as_str(), bins.count, bins.min_group_size), ("bin", 4, None));
+            assert_eq!(bins.edges, vec![20.0, 30.0, 40.0, 50.0, 60.0]);
+        }
+
+        #[test]
+        fn a_subquery_in_from_and_ctes_are_rewritten_on_the_ir() {
+            let catalog = catalog();
+            let expected = vec!["bin_start|bin_end|count|bin", "20.0|40.0|6|1", "40.0|60.0|4|2", "60.0|NULL|1|3"];
+            for sql in [
+                "CHART HISTOGRAM (bins = 2, min = 20, max = 60) SELECT a FROM (SELECT age AS a FROM people WHERE age >= 20) s",
+                "CHART HISTOGRAM (bins = 2, min = 20, max = 60)\nSELECT s.a FROM (SELECT age AS a FROM people) AS s WHERE s.a >= 20 ORDER BY 1",
+                "CHART HISTOGRAM (bins = 2, min = 20, max = 60) WITH c AS (SELECT age FROM people) SELECT age FROM c WHERE age >= 20",
+                "CHART HISTOGRAM (bins = 2, min = 20, max = 60) SELECT age FROM people WHERE age >= 20 -- a comment",
+            ] {
+                let (q, _) = rewrite(&catalog, sql).unwrap_or_else(|e| panic!("{sql}: {e}"));
+                assert_eq!(run(&q), expected, "{sql}");
+                // The SQL text of the rewrite binds back to the same query.
+                let again = bind_sql(&catalog, &q.to_string()).unwrap_or_else(|e| panic!("{sql}: {e}\n{q}"));
+                assert_eq!(again.to_string(), q.to_string());
+            }
+        }
+
+        #[test]
+        fn edges_print_as_written() {
+            let catalog = catalog();
+            let (q, chart) = rewrite(&catalog, "CHART HISTOGRAM (bins = 5, min = 0, max = 3) SELECT age / 20 FROM people").unwrap();
+            let edges: Vec<String> = chart.bins.unwrap().edges.iter().map(|e| e.to_string()).collect();
+            assert_eq!(edges, ["0", "0.6", "1.2", "1.8", "2.4", "3"]);
+            let rows = run(&q);
+            assert!(rows.contains(&"0.6|1.2|2|2".to_string()), "{rows:?}");
+            assert!(rows.iter().all(|r| !r.contains("0000000")), "{rows:?}");
+            // Negative and decimal edges; 0.1 steps.
+            let (_, chart) = rewrite(&catalog, "CHART HISTOGRAM (bins = 7, min = -0.3, max = 0.4) SELECT score FROM people").unwrap();
+            let edges: Vec<String> = chart.bins.unwrap().edges.iter().map(|e| e.to_string()).collect();
+            assert_eq!(edges, ["-0.3", "-0.2", "-0.1", "0", "0.1", "0.2", "0.3", "0.4"]);
+        }
+
+        #[test]
+        fn bounds_and_k_come_through_subqueries() {
+            let catalog = catalog();
+            let (_, chart) = rewrite(&catalog, "CHART HISTOGRAM (bins = 4) SELECT v FROM (SELECT val AS v FROM secret) s").unwrap();
+            let bins = chart.bins.unwrap();
+            assert_eq!(bins.edges, vec![0.0, 25.0, 50.0, 75.0, 100.0]);
+            assert_eq!(bins.min_group_size, Some(2));
+            let err = rewrite(&catalog, "CHART HISTOGRAM SELECT age FROM people").unwrap_err();
+            assert!(err.to_string().contains("min = ... and max = ..."), "{err}");
+        }
+
+        #[test]
+        fn shape_errors() {
+            let catalog = catalog();
+            for (sql, fragment) in [
+                ("CHART HISTOGRAM (min = 0, max = 1) SELECT age, score FROM people", "one numeric column"),
+                ("CHART HISTOGRAM (min = 0, max = 1) SELECT name FROM people", "needs a numeric column"),
+                ("CHART HISTOGRAM (min = 1, max = 1) SELECT age FROM people", "min must be below its max"),
+                ("CHART HISTOGRAM (min = 0, max = 1, bins = 0) SELECT age FROM people", "`bins` is a whole number"),
+            ] {
+                let err = rewrite(&catalog, sql).unwrap_err();
+                assert!(err.to_string().contains(fragment), "{sql}: {err}");
+            }
+        }
     }
 
     fn cols(list: &[(&str, SqlType)]) -> Vec<(String, SqlType)> {

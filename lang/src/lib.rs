@@ -9,6 +9,7 @@ pub mod bind;
 pub mod chart;
 pub mod catalog;
 pub mod config;
+pub mod decimal;
 pub mod engine;
 pub mod error;
 pub mod ir;

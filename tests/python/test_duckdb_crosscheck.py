@@ -37,17 +37,34 @@ total"):
   ``CAST(round(x) AS BIGINT)``.
 - A decimal literal is a DOUBLE in the dialect; DuckDB reads it as an exact
   DECIMAL, so it gets ``CAST(lit AS DOUBLE)``.
+- ``round(x, n)`` with n > 0 rounds the decimal a double prints as, half away
+  from zero (``round(2.675, 2)`` is 2.68 and ``round(1.005, 2)`` 1.01, as
+  PostgreSQL's ``round(numeric, int)`` for the numbers as written); DuckDB's
+  ``round(DOUBLE, n)`` rounds the binary value (2.67, 1.0), so it gets the
+  macro ``sd_round``: the same through ``CAST(CAST(x AS VARCHAR) AS DECIMAL)``
+  (DuckDB prints a double as its shortest round-trip text too).
+- Text cast to a number: an integer's text converts exactly, a decimal one
+  rounds half away from zero (``CAST('2.5' AS INTEGER)`` is 3, as in DuckDB);
+  hexadecimal text (``'0x10'``) is no number in the dialect, so the sweep has none.
 - ``sqrt``/``ln`` of invalid input are NULL in the dialect (NaN / error in
   DuckDB): the grammar does not generate them.
 - Integer overflow is not generated: the fixture's integers are small and
   expressions are at most a few levels deep (DuckDB raises an error; the
   dialect's constant folding panics in a debug build).
-- ``width_bucket`` does not exist in DuckDB; not generated.
+- ``width_bucket`` does not exist in DuckDB; not generated. The edge sweep
+  below compares it with a Python reference of PostgreSQL's definition in
+  exact rational arithmetic (a double read as the decimal it prints as).
 - Concatenating a DOUBLE to text depends on each engine's float formatting
   (``'x' || 2.0``); only text operands are concatenated.
 
 The cases in ``PINNED_SQL`` are the smallest forms of the mismatches the
 random draw found, kept so each one has a named test.
+
+A sweep of numeric functions on edge values (``SWEEP``: ROUND, FLOOR, CEIL,
+division, remainder and casts over a table of halves, signed zeros, values
+near 2^52, huge ones and texts that may or may not be numbers; and
+``WIDTH_BUCKET`` on every edge of many (low, high, n), and the doubles just
+around each edge) runs on a third table, ``edges``, and a fourth, ``wb``.
 
 Run with ``CROSSCHECK_N`` / ``CROSSCHECK_SEED`` to draw more or other queries.
 """
@@ -137,7 +154,92 @@ def _csv_value(v: Any) -> str:
         return ""
     if isinstance(v, dt.date):
         return v.isoformat()
+    if isinstance(v, float):
+        return repr(v)  # the shortest text that reads back as the same double
     return str(v)
+
+
+# --------------------------------------------------------------------------
+# the edge tables of the numeric sweep
+
+EDGES_COLUMNS = {"k": "BIGINT", "v": "DOUBLE", "i": "BIGINT", "s": "VARCHAR"}
+# Halves (rounding ties), signed zeros, the last doubles with a fraction
+# (2^52), doubles whose decimal form is a tie but whose binary value is not
+# (2.675, 1.005), huge and tiny values.
+EDGE_DOUBLES = [
+    0.0, -0.0, 0.5, -0.5, 1.5, -1.5, 2.5, -2.5, 3.5, 0.125, -0.125, 0.375, 2.675, 1.005, -1.005,
+    0.49999999999999994, -0.49999999999999994, 4503599627370495.5, -4503599627370495.5,
+    4503599627370497.0, 9007199254740993.0, 0.1, 0.3, 0.6, 0.7, 75.0, 110.0, 1e-9, -1e-9, 5e-324,
+    123.456, -123.456, 1e15 + 0.5, 2.0**62, -(2.0**62), 1e300, -1e300,
+]
+EDGE_INTEGERS = [0, 1, -1, 2, -2, 3, -3, 7, -7, 75, 110, 2**53 + 1, -(2**53) - 1, 2**62, -(2**62)]
+# Text that is a number, a number with blanks or signs, or not a number. The
+# first is no number, so both engines type the column as text.
+EDGE_TEXTS = [
+    "abc", "2.5", "-2.5", "3.5", "42", "+7", "-0", "1e3", "1.5e0", "0.49999999999999994", "9223372036854775807",
+    "-9223372036854775808", "1e19", "12abc", "", ".5", "5.", "Infinity", "2.675", "-1.005e0",
+]
+
+
+def _edge_rows() -> list[list[Any]]:
+    n = max(len(EDGE_DOUBLES), len(EDGE_INTEGERS), len(EDGE_TEXTS))
+    at = lambda xs, k: xs[k] if k < len(xs) else None  # noqa: E731
+    return [[k, at(EDGE_DOUBLES, k), at(EDGE_INTEGERS, k), at(EDGE_TEXTS, k) or None] for k in range(n)]
+
+
+WB_COLUMNS = {"k": "BIGINT", "x": "DOUBLE", "xi": "BIGINT"}
+# (low, high, n) as written. The first is the issue's: WIDTH_BUCKET(75, 0, 110, 22) = 16.
+WB_CASES = [
+    ("0", "110", 22), ("0", "3", 5), ("0", "1", 3), ("0", "1", 10), ("0.1", "0.7", 6), ("-1", "1", 8),
+    ("-37.5", "62.5", 40), ("18", "90", 12), ("2.25", "3", 3), ("-0.3", "0.4", 7), ("1000", "1000.125", 5),
+    ("0", "100", 7), ("10", "70", 24), ("0", "120", 9), ("0", "400", 13), ("-5", "5", 1), ("0.001", "0.002", 9),
+    ("0", "1", 1000), ("-110", "0", 22), ("1e-3", "7.5", 11),
+]
+
+
+def _wb_values() -> tuple[list[float], list[int]]:
+    """Every edge of every case, the doubles just around it, and the integers around it."""
+    from fractions import Fraction
+
+    doubles: set[float] = {0.0, -0.0, math.inf, -math.inf}
+    integers: set[int] = {0}
+    for lo, hi, n in WB_CASES:
+        low, high = Fraction(lo), Fraction(hi)
+        for j in range(n + 1):
+            edge = low + j * (high - low) / n
+            e = float(edge)
+            doubles.update({e, math.nextafter(e, -math.inf), math.nextafter(e, math.inf)})
+            doubles.add(math.nextafter(math.nextafter(e, -math.inf), -math.inf))
+            if j < n:
+                doubles.add(float(edge + (high - low) / n / 2))
+            integers.update({math.floor(edge) - 1, math.floor(edge), math.ceil(edge), math.ceil(edge) + 1})
+    return sorted(doubles), sorted(integers)
+
+
+def _wb_rows() -> list[list[Any]]:
+    doubles, integers = _wb_values()
+    doubles = [d for d in doubles if math.isfinite(d)]  # the CSV has no infinities; they are checked as literals
+    n = max(len(doubles), len(integers))
+    at = lambda xs, k: xs[k] if k < len(xs) else None  # noqa: E731
+    return [[k, at(doubles, k), at(integers, k)] for k in range(n)]
+
+
+def pg_width_bucket(x: Any, low: str, high: str, n: int) -> int | None:
+    """PostgreSQL's WIDTH_BUCKET, exactly: 0 below low, n + 1 at or above high,
+    else 1 + floor(n (x - low) / (high - low)); a double is the decimal it prints as."""
+    from fractions import Fraction
+
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return None
+    if isinstance(x, float) and math.isinf(x):
+        return 0 if x < 0 else n + 1
+    v = Fraction(repr(x)) if isinstance(x, float) else Fraction(x)
+    lo, hi = Fraction(low), Fraction(high)
+    if v < lo:
+        return 0
+    if v >= hi:
+        return n + 1
+    return math.floor(n * (v - lo) / (hi - lo)) + 1
 
 
 @dataclass
@@ -146,6 +248,8 @@ class Fixture:
     config: Path
     t1: Path
     t2: Path
+    edges: Path
+    wb: Path
 
 
 def write_fixture(d: Path) -> Fixture:
@@ -153,7 +257,14 @@ def write_fixture(d: Path) -> Fixture:
     t1_rows, t2_rows = _fixture_rows(random.Random(SEED))
     t1 = d / "t1.csv"
     t2 = d / "t2.csv"
-    for path, cols, rows in ((t1, T1_COLUMNS, t1_rows), (t2, T2_COLUMNS, t2_rows)):
+    edges = d / "edges.csv"
+    wb = d / "wb.csv"
+    for path, cols, rows in (
+        (t1, T1_COLUMNS, t1_rows),
+        (t2, T2_COLUMNS, t2_rows),
+        (edges, EDGES_COLUMNS, _edge_rows()),
+        (wb, WB_COLUMNS, _wb_rows()),
+    ):
         lines = [",".join(cols)] + [",".join(_csv_value(v) for v in r) for r in rows]
         path.write_text("\n".join(lines) + "\n")
     config = d / "safe-data.toml"
@@ -169,8 +280,16 @@ def write_fixture(d: Path) -> Fixture:
         "[tables.t2]\n"
         'source = "t2.csv"\n'
         "public = true\n"
+        "\n"
+        "[tables.edges]\n"
+        'source = "edges.csv"\n'
+        "public = true\n"
+        "\n"
+        "[tables.wb]\n"
+        'source = "wb.csv"\n'
+        "public = true\n"
     )
-    return Fixture(d, config, t1, t2)
+    return Fixture(d, config, t1, t2, edges, wb)
 
 
 @pytest.fixture(scope="module")
@@ -277,7 +396,7 @@ class Gen:
         if k == 7:
             e = self.num(s, depth - 1)
             n = self.r.randint(0, 2)
-            return E(f"round({e.sd}, {n})", f"round({e.dk}::DOUBLE, {n})", "float")
+            return E(f"round({e.sd}, {n})", f"sd_round({e.dk}::DOUBLE, {n})", "float")
         if k == 8:
             c = self.pred(s, depth - 1)
             t, f = self.num(s, depth - 1), self.num(s, depth - 1)
@@ -725,6 +844,50 @@ PINNED_SQL: list[tuple[str, str, str]] = [
 CASES = generate_cases()
 PINNED = [Case(len(CASES) + i, sd, dk, "ORDER BY" in sd) for i, (_, sd, dk) in enumerate(PINNED_SQL)]
 
+# The numeric sweep: (name, Safe SQL, DuckDB) expressions of the edge table
+# `e` (columns v DOUBLE, i BIGINT, s TEXT; see EDGE_DOUBLES and the others).
+# The DuckDB side is written to mean what the dialect means (module
+# docstring): casts never fail (TRY_CAST), a double cast to an integer
+# rounds half away from zero (DuckDB's round, not its cast), round(x, n) is
+# sd_round. Values must be identical, to the last bit: these are single
+# operations, which both engines round once.
+SWEEP: list[tuple[str, str, str]] = [
+    ("round", "round(e.v)", "round(e.v)"),
+    ("round_1", "round(e.v, 1)", "sd_round(e.v, 1)"),
+    ("round_2", "round(e.v, 2)", "sd_round(e.v, 2)"),
+    ("round_2_of_text", "round(CAST(e.s AS DOUBLE), 2)", "sd_round(TRY_CAST(e.s AS DOUBLE), 2)"),
+    ("round_of_integer", "round(e.i)", "round(CAST(e.i AS DOUBLE))"),
+    ("floor", "floor(e.v)", "floor(e.v)"),
+    ("ceil", "ceil(e.v)", "ceil(e.v)"),
+    # An integer's floor and ceiling are itself, exactly (DuckDB's are doubles: 2^53 + 1 would lose its last bit).
+    ("floor_of_integer", "floor(e.i)", "e.i"),
+    ("ceil_of_integer", "ceil(e.i)", "e.i"),
+    ("divide_double", "e.v / 3", "e.v / 3"),
+    ("divide_integer", "e.i / 2", "e.i / 2"),
+    ("divide_by_zero", "e.i / 0", "e.i / 0"),
+    ("remainder", "e.i % 3", "e.i % 3"),
+    ("remainder_negative_divisor", "e.i % -7", "e.i % -7"),
+    ("cast_double_to_integer", "CAST(e.v AS INTEGER)", "TRY_CAST(round(e.v) AS BIGINT)"),
+    ("cast_integer_to_double", "CAST(e.i AS DOUBLE)", "CAST(e.i AS DOUBLE)"),
+    ("cast_text_to_integer", "CAST(e.s AS INTEGER)", "TRY_CAST(e.s AS BIGINT)"),
+    ("cast_text_to_double", "CAST(e.s AS DOUBLE)", "TRY_CAST(e.s AS DOUBLE)"),
+    ("cast_padded_text_to_integer", "CAST(' ' || e.s || ' ' AS INTEGER)", "TRY_CAST(' ' || e.s || ' ' AS BIGINT)"),
+]
+
+
+def sweep_sql(expr: str) -> str:
+    return f"SELECT e.k, {expr} AS r FROM edges AS e ORDER BY 1"
+
+
+def wb_sql(low: str, high: str, n: int) -> str:
+    return (f"SELECT w.k, WIDTH_BUCKET(w.x, {low}, {high}, {n}) AS b, WIDTH_BUCKET(w.xi, {low}, {high}, {n}) AS bi "
+            "FROM wb AS w ORDER BY 1")
+
+
+# Infinities (not in the CSV) and the issue's example, as literals.
+WB_LITERAL_SQL = ("SELECT WIDTH_BUCKET(1.0 / 0, 0, 110, 22) AS a, WIDTH_BUCKET(-1.0 / 0, 0, 110, 22) AS b, "
+                  "WIDTH_BUCKET(75, 0, 110, 22) AS c, WIDTH_BUCKET(75.0, 0, 110, 22) AS d, WIDTH_BUCKET(-75, -110, 0, 22) AS e")
+
 
 # --------------------------------------------------------------------------
 # running both engines
@@ -765,7 +928,12 @@ def run_safe_data(config: Path, statements: list[str]) -> list[dict[str, Any]]:
 def duckdb_connection(fx: Fixture) -> duckdb.DuckDBPyConnection:
     con = duckdb.connect()
     con.execute("SET threads = 1")
-    for name, path, cols in (("t1", fx.t1, T1_COLUMNS), ("t2", fx.t2, T2_COLUMNS)):
+    # The dialect's round(x, n): the printed decimal, half away from zero (module docstring).
+    con.execute(
+        "CREATE MACRO sd_round(x, n) AS CASE WHEN n = 0 OR abs(x) >= 1e17 THEN round(x, n) "
+        "ELSE CAST(round(CAST(CAST(x AS VARCHAR) AS DECIMAL(38, 20)), n) AS DOUBLE) END"
+    )
+    for name, path, cols in (("t1", fx.t1, T1_COLUMNS), ("t2", fx.t2, T2_COLUMNS), ("edges", fx.edges, EDGES_COLUMNS)):
         spec = ", ".join(f"'{c}': '{t}'" for c, t in cols.items())
         con.execute(
             f"CREATE TABLE {name} AS SELECT * FROM read_csv('{path}', header = true, "
@@ -812,6 +980,14 @@ def values_equal(a: Any, b: Any) -> bool:
         if isinstance(a, int) and isinstance(b, int):
             return a == b
         return math.isclose(a, b, rel_tol=REL_TOL, abs_tol=ABS_TOL)
+    return a == b
+
+
+def values_identical(a: Any, b: Any) -> bool:
+    """Equal without tolerance (0.0 and -0.0 are equal; NULL equals NULL)."""
+    a, b = norm(a), norm(b)
+    if isinstance(a, bool) or isinstance(b, bool):
+        return type(a) is type(b) and a == b
     return a == b
 
 
@@ -891,3 +1067,64 @@ def test_query_matches_duckdb(case: Case, outcomes) -> None:
         f"safe-data ({len(sd['rows'])} rows): {sd['rows'][:20]}\n"
         f"DuckDB    ({len(dk['rows'])} rows): {[[norm(v) for v in r] for r in dk['rows'][:20]]}"
     )
+
+
+# --------------------------------------------------------------------------
+# the numeric sweep on edge values
+
+
+@pytest.fixture(scope="module")
+def sweep_outcomes(fixture: Fixture) -> dict[str, Any]:
+    statements = [sweep_sql(sd) for _, sd, _ in SWEEP] + [wb_sql(*c) for c in WB_CASES] + [WB_LITERAL_SQL]
+    sd = run_safe_data(fixture.config, statements)
+    con = duckdb_connection(fixture)
+    try:
+        dk = [run_duckdb(con, sweep_sql(d)) for _, _, d in SWEEP]
+    finally:
+        con.close()
+    return {"sweep": list(zip(sd[: len(SWEEP)], dk)), "wb": sd[len(SWEEP) : -1], "literals": sd[-1]}
+
+
+def test_the_edge_table_reads_as_written(fixture: Fixture) -> None:
+    """safe-data reads the edge values as DuckDB does (the sweep compares functions, not CSV readers)."""
+    out = run_safe_data(fixture.config, ["SELECT e.k, e.v, e.i, e.s FROM edges AS e ORDER BY 1"])[0]
+    assert "rows" in out, out
+    assert rows_equal(out["rows"], _edge_rows(), ordered=True), out["rows"]
+
+
+@pytest.mark.parametrize("name", [name for name, _, _ in SWEEP])
+def test_numeric_function_on_edge_values_matches_duckdb(name: str, sweep_outcomes) -> None:
+    i = [n for n, _, _ in SWEEP].index(name)
+    (sd, dk), (_, sd_sql, dk_sql) = sweep_outcomes["sweep"][i], SWEEP[i]
+    assert "error" not in dk, f"DuckDB failed (the sweep is wrong): {dk['error']}\n{sweep_sql(dk_sql)}"
+    assert "error" not in sd, f"safe-data failed: {sd['error']}\n{sweep_sql(sd_sql)}"
+    inputs = {r[0]: r[1:] for r in _edge_rows()}
+    differ = [
+        f"  v={inputs[a[0]][0]!r} i={inputs[a[0]][1]!r} s={inputs[a[0]][2]!r}: safe-data {a[1]!r}, DuckDB {norm(b[1])!r}"
+        for a, b in zip(sd["rows"], dk["rows"])
+        if not values_identical(a[1], b[1])
+    ]
+    assert len(sd["rows"]) == len(dk["rows"]) and not differ, f"{sd_sql} differs from DuckDB's {dk_sql}:\n" + "\n".join(differ)
+
+
+@pytest.mark.parametrize("case", WB_CASES, ids=[f"{lo}_{hi}_{n}" for lo, hi, n in WB_CASES])
+def test_width_bucket_is_postgresql_on_every_edge(case, sweep_outcomes) -> None:
+    low, high, n = case
+    got = sweep_outcomes["wb"][WB_CASES.index(case)]
+    assert "error" not in got, f"safe-data failed: {got['error']}\n{wb_sql(*case)}"
+    rows = _wb_rows()
+    assert len(got["rows"]) == len(rows)
+    differ = []
+    for (k, x, xi), (gk, b, bi) in zip(rows, got["rows"]):
+        assert gk == k
+        for value, bucket in ((x, b), (xi, bi)):
+            want = pg_width_bucket(value, low, high, n)
+            if bucket != want:
+                differ.append(f"  WIDTH_BUCKET({value!r}, {low}, {high}, {n}) = {bucket}, PostgreSQL: {want}")
+    assert not differ, f"{len(differ)} of {2 * len(rows)} differ:\n" + "\n".join(differ[:30])
+
+
+def test_width_bucket_of_infinities_and_the_issue_example(sweep_outcomes) -> None:
+    got = sweep_outcomes["literals"]
+    assert "error" not in got, got
+    assert got["rows"] == [[23, 0, 16, 16, 8]]

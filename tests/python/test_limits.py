@@ -187,13 +187,21 @@ def test_histogram_hides_thin_bins_and_says_so(demo_kernel):
     displays = [o for o in outputs if o["msg_type"] == "display_data"]
     (result,) = [o for o in outputs if o["msg_type"] == "execute_result"]
     spec = result["content"]["data"][VEGALITE]
-    assert spec["encoding"]["x"]["bin"] == {"binned": True}
-    assert spec["encoding"]["x2"]["field"] == "bin_end"
-    counts = [v["count"] for v in spec["data"]["values"]]
+    bars, bands = spec["layer"][0], spec["layer"][1]
+    assert bars["encoding"]["x"]["bin"] == {"binned": True}
+    assert bars["encoding"]["x2"]["field"] == "bin_end"
+    counts = [v["count"] for v in bars["data"]["values"]]
     assert counts and min(counts) >= 10
-    # 1-unit bins over [10, 70]: the extreme BMIs are thin, hidden, and noticed apart from the chart.
-    assert displays, "expected a notice before the chart"
-    assert "hidden" in displays[0]["content"]["data"]["text/plain"]
+    # 1-unit bins over [10, 70]: the extreme BMIs are thin: withheld, drawn as
+    # grey bands (not as zeros), and noticed apart from the chart.
+    drawn = {v["bin"] for v in bars["data"]["values"]}
+    withheld = {v["bin"] for v in bands["data"]["values"]}
+    assert withheld and not withheld & drawn and withheld | drawn == set(range(1, 61))
+    assert bands["mark"]["type"] == "rect"
+    assert displays, "expected a notice with the chart"
+    notes = displays[0]["content"]["data"]["text/plain"]
+    first = min(withheld)  # bin b is [9 + b, 10 + b)
+    assert f"{len(withheld)} bins withheld (empty or fewer than 10 people), drawn as grey bands: [{9 + first}, {10 + first})" in notes
 
 
 def test_chart_errors_name_the_columns(demo_kernel):

@@ -77,7 +77,9 @@ def test_notebook_executes(path: Path | None, kernel_name: str, tmp_path: Path):
                 problems.append(f"cell {index}: {fragment!r} not in its output")
         for b in bundles:
             spec = b.get(VEGALITE)
-            if spec is not None and not spec.get("data", {}).get("values"):
+            # A histogram is layered: its bars are the first layer's data.
+            layers = [spec, *spec.get("layer", [])] if spec is not None else []
+            if spec is not None and not any(layer.get("data", {}).get("values") for layer in layers):
                 problems.append(f"cell {index}: the chart has no data")
     assert not problems, f"{path.name}:\n" + "\n".join(problems)
     # Writing the executed notebook back must give a valid notebook.

@@ -59,7 +59,7 @@ pub const FUNCTIONS: &[FunctionDoc] = &[
     f!("trim", S(ScalarFunc::Trim), "TRIM(text) -> TEXT", "Removes leading and trailing whitespace."),
     f!("ltrim", S(ScalarFunc::Ltrim), "LTRIM(text) -> TEXT", "Removes leading whitespace."),
     f!("rtrim", S(ScalarFunc::Rtrim), "RTRIM(text) -> TEXT", "Removes trailing whitespace."),
-    f!("round", S(ScalarFunc::Round), "ROUND(x [, digits]) -> DOUBLE", "Rounds half away from zero to `digits` decimals (default 0)."),
+    f!("round", S(ScalarFunc::Round), "ROUND(x [, digits]) -> DOUBLE", "Rounds half away from zero to `digits` decimals (default 0), as the number prints: ROUND(2.675, 2) is 2.68."),
     f!("floor", S(ScalarFunc::Floor), "FLOOR(x) -> same type", "Largest integer not above x."),
     f!("ceil", S(ScalarFunc::Ceil), "CEIL(x) -> same type", "Smallest integer not below x."),
     f!("ceiling", S(ScalarFunc::Ceil), "CEILING(x) -> same type", "Alias of CEIL."),
@@ -76,7 +76,7 @@ pub const FUNCTIONS: &[FunctionDoc] = &[
     f!("day", S(ScalarFunc::Day), "DAY(date) -> BIGINT", "Day of the month."),
     f!("date_trunc", S(ScalarFunc::DateTrunc), "DATE_TRUNC('year'|'quarter'|'month'|'week'|'day', date) -> same type", "Truncates a date to the start of its period."),
     f!("date_part", S(ScalarFunc::DatePart), "DATE_PART('field', date) -> BIGINT", "A part of a date: year, quarter, month, week, day, dow, doy, hour, minute, second."),
-    f!("width_bucket", S(ScalarFunc::WidthBucket), "WIDTH_BUCKET(x, low, high, n) -> BIGINT", "Equal-width bin number of x: 1..n inside [low, high), 0 below, n+1 at or above high. For histograms."),
+    f!("width_bucket", S(ScalarFunc::WidthBucket), "WIDTH_BUCKET(x, low, high, n) -> BIGINT", "Equal-width bin number of x: 1..n inside [low, high), 0 below, n+1 at or above high; exact on edges. For histograms."),
 ];
 
 /// Looks a function up by name (case-insensitive).
@@ -260,6 +260,12 @@ impl Binder<'_> {
     /// Types a scalar call whose arguments are already bound.
     pub(crate) fn scalar_checked(&self, func: ScalarFunc, args: Vec<Expr>, span: Span) -> Result<Expr> {
         use ScalarFunc::*;
+        // WIDTH_BUCKET's edges are literals, negative ones included (`-5`
+        // parses as a negation of 5).
+        let args = match func {
+            WidthBucket => args.into_iter().map(negated_literal).collect(),
+            _ => args,
+        };
         let name = format!("{func:?}").to_ascii_uppercase();
         let arity = |lo: usize, hi: usize| -> Result<()> {
             if args.len() < lo || args.len() > hi {
@@ -381,6 +387,20 @@ impl Binder<'_> {
             _ => args,
         };
         Ok(Expr { kind: ExprKind::Scalar { func, args }, ty, span })
+    }
+}
+
+/// `-(literal number)` as one literal; any other expression as it is.
+fn negated_literal(e: Expr) -> Expr {
+    let ExprKind::Unary { op: crate::ir::UnaryOp::Neg, expr } = &e.kind else { return e };
+    let folded = match expr.kind {
+        ExprKind::Literal(Literal::Integer(i)) => i.checked_neg().map(Literal::Integer),
+        ExprKind::Literal(Literal::Double(x)) => Some(Literal::Double(-x)),
+        _ => None,
+    };
+    match folded {
+        Some(l) => Expr { kind: ExprKind::Literal(l), ty: e.ty, span: e.span },
+        None => e,
     }
 }
 

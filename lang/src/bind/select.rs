@@ -36,7 +36,8 @@ impl Binder<'_> {
             None => None,
         };
 
-        let projection = self.projection(&s.projection, &scope, span)?;
+        let mut projection = self.projection(&s.projection, &scope, span)?;
+        distinct_names(&mut projection);
 
         let group_by = match &s.group_by {
             ast::GroupByExpr::Expressions(exprs, modifiers) => {
@@ -244,6 +245,25 @@ fn default_name(source: &ast::Expr, bound: &Expr) -> String {
         (ExprKind::Literal(Literal::Text(_)), _) | (_, _) => {
             let text = source.to_string();
             if text.len() > 40 { format!("{}…", &text[..text.char_indices().nth(39).map(|(i, _)| i).unwrap_or(text.len())]) } else { text }
+        }
+    }
+}
+
+/// Makes the output names distinct, as DuckDB does: a name already taken
+/// (ignoring case) gets the first free `_1`, `_2`, ... suffix, so
+/// `QUANTILE_CONT(x, 0.25), QUANTILE_CONT(x, 0.75)` are `quantile_cont` and
+/// `quantile_cont_1`. A result keyed by column name (a data resource, JSON
+/// objects) would otherwise keep only one of them.
+pub(crate) fn distinct_names(items: &mut [SelectItem]) {
+    let mut taken: std::collections::HashSet<String> = std::collections::HashSet::new();
+    for item in items.iter_mut().filter(|i| !i.sort_only) {
+        if !taken.insert(item.name.to_lowercase()) {
+            let name = (1..)
+                .map(|i| format!("{}_{i}", item.name))
+                .find(|candidate| !taken.contains(&candidate.to_lowercase()))
+                .unwrap_or_default();
+            taken.insert(name.to_lowercase());
+            item.name = name;
         }
     }
 }

@@ -4,10 +4,11 @@
 //! point, and functions undefined on a value yield NULL, so no error can
 //! depend on one row's data.
 
+use crate::decimal::{self, Decimal, Edges};
 use crate::error::{Error, Result};
 use crate::ir::{AggFunc, BinaryOp, Expr, ExprKind, Literal, ScalarFunc, UnaryOp};
 use crate::types::SqlType;
-use polars::prelude::{self as pl, DataType, Expr as PExpr, QuantileMethod, RoundMode, col, lit};
+use polars::prelude::{self as pl, DataType, Expr as PExpr, IntoColumn, QuantileMethod, RoundMode, col, lit};
 
 /// Column name of a FROM leaf's column inside a block's frame.
 pub(crate) fn leaf_column(slot: usize, index: usize) -> String {
@@ -133,8 +134,12 @@ pub(crate) fn convert(e: PExpr, from: SqlType, to: SqlType) -> PExpr {
 fn cast(e: PExpr, from: SqlType, to: SqlType) -> PExpr {
     match (from, to) {
         // Text to number: trim first so ' 42' converts like in SQL engines.
-        (SqlType::Text, SqlType::Integer | SqlType::Double) => {
-            e.str().strip_chars(lit(pl::Null {})).cast(DataType::Float64).cast(to.to_polars())
+        (SqlType::Text, SqlType::Double) => e.str().strip_chars(lit(pl::Null {})).cast(DataType::Float64),
+        // An integer's text exactly (through a double, 9223372036854775807
+        // would not fit); other numbers round like a double does ('2.5' is 3).
+        (SqlType::Text, SqlType::Integer) => {
+            let t = e.str().strip_chars(lit(pl::Null {}));
+            pl::coalesce(&[t.clone().cast(DataType::Int64), cast(t.cast(DataType::Float64), SqlType::Double, SqlType::Integer)])
         }
         (SqlType::Double, SqlType::Integer) => e.round(0, RoundMode::HalfAwayFromZero).cast(DataType::Int64),
         (SqlType::Text, SqlType::Boolean) => {
@@ -166,15 +171,11 @@ fn date_format(format: &str) -> pl::StrptimeOptions {
 fn binary(op: BinaryOp, l: PExpr, lt: SqlType, r: PExpr, rt: SqlType, out: SqlType) -> PExpr {
     use BinaryOp::*;
     match op {
-        Mod => {
-            // SQL's remainder truncates toward zero (polars' % floors).
-            let t = out.to_polars();
-            let q = l.clone().cast(DataType::Float64) / r.clone().cast(DataType::Float64);
-            let truncated = pl::when(q.clone().gt_eq(lit(0.0))).then(q.clone().floor()).otherwise(q.ceil());
-            let rem = l.cast(DataType::Float64) - r.cast(DataType::Float64) * truncated;
-            // x % 0 is NULL (the float division gives NaN there).
-            pl::when(rem.clone().is_nan()).then(null_of(out)).otherwise(rem).cast(t)
-        }
+        // SQL's remainder truncates toward zero (polars' % floors), exactly:
+        // integers stay integers (through a double, 2^62 + 1 would lose its
+        // last bits), a double's is IEEE fmod. x % 0 is NULL.
+        Mod if out == SqlType::Integer => elementwise_i64(l, r, |a, b| (b != 0).then(|| a.wrapping_rem(b))),
+        Mod => elementwise_f64(l, r, |a, b| Some(a % b).filter(|x| !x.is_nan())),
         Add | Sub | Mul => {
             let t = out.to_polars();
             let (l, r) = (l.cast(t.clone()), r.cast(t));
@@ -184,7 +185,7 @@ fn binary(op: BinaryOp, l: PExpr, lt: SqlType, r: PExpr, rt: SqlType, out: SqlTy
                 _ => l * r,
             }
         }
-        Div => l.cast(DataType::Float64) / r.cast(DataType::Float64),
+        Div => elementwise_f64(l, r, |a, b| Some(a / b)),
         Eq | NotEq | Lt | LtEq | Gt | GtEq => {
             let common = lt.unify(rt).unwrap_or(lt);
             let (l, r) = (convert(l, lt, common), convert(r, rt, common));
@@ -203,6 +204,42 @@ fn binary(op: BinaryOp, l: PExpr, lt: SqlType, r: PExpr, rt: SqlType, out: SqlTy
     }
 }
 
+/// `f` of two columns, row by row (a one-row side is broadcast), computed
+/// here rather than by polars' arithmetic, which divides by a constant as a
+/// multiplication by its reciprocal: `x / 5` would be `x * 0.2`, so `3 / 5`
+/// printed 0.6000000000000001 and `49 % 49` was 49 (49 × (1/49) is just
+/// below 1). NULL in, NULL out.
+fn elementwise<T, F>(l: PExpr, r: PExpr, dtype: DataType, f: F) -> PExpr
+where
+    T: pl::PolarsNumericType,
+    F: Fn(T::Native, T::Native) -> Option<T::Native> + Send + Sync + 'static,
+{
+    let output_type = dtype.clone();
+    l.cast(dtype.clone()).map_many(
+        move |cols: &mut [pl::Column]| {
+            let (a, b) = (cols[0].as_materialized_series().unpack::<T>()?, cols[1].as_materialized_series().unpack::<T>()?);
+            let at = |c: &pl::ChunkedArray<T>, i: usize| if c.len() == 1 { c.get(0) } else { c.get(i) };
+            let len = if a.len() == 1 { b.len() } else { a.len() };
+            let out: pl::ChunkedArray<T> = if a.len() == b.len() {
+                a.iter().zip(b.iter()).map(|(x, y)| f(x?, y?)).collect()
+            } else {
+                (0..len).map(|i| f(at(a, i)?, at(b, i)?)).collect()
+            };
+            Ok(out.with_name(cols[0].name().clone()).into_column())
+        },
+        &[r.cast(dtype)],
+        move |_: &pl::Schema, fields: &[pl::Field]| Ok(pl::Field::new(fields[0].name().clone(), output_type.clone())),
+    )
+}
+
+fn elementwise_f64(l: PExpr, r: PExpr, f: impl Fn(f64, f64) -> Option<f64> + Send + Sync + 'static) -> PExpr {
+    elementwise::<pl::Float64Type, _>(l, r, DataType::Float64, f)
+}
+
+fn elementwise_i64(l: PExpr, r: PExpr, f: impl Fn(i64, i64) -> Option<i64> + Send + Sync + 'static) -> PExpr {
+    elementwise::<pl::Int64Type, _>(l, r, DataType::Int64, f)
+}
+
 fn scalar(func: ScalarFunc, args: &[Expr], ty: SqlType, resolve: &dyn Fn(&Expr) -> Option<PExpr>) -> Result<PExpr> {
     use ScalarFunc::*;
     // Untyped NULL arguments get the type the function expects.
@@ -218,11 +255,6 @@ fn scalar(func: ScalarFunc, args: &[Expr], ty: SqlType, resolve: &dyn Fn(&Expr) 
     let text_arg = |i: usize| match &args[i].kind {
         ExprKind::Literal(Literal::Text(s)) => s.clone(),
         _ => String::new(),
-    };
-    let num_lit = |i: usize| match args[i].kind {
-        ExprKind::Literal(Literal::Integer(n)) => n as f64,
-        ExprKind::Literal(Literal::Double(x)) => x,
-        _ => 0.0,
     };
     Ok(match func {
         Lower => a(0)?.str().to_lowercase(),
@@ -249,7 +281,20 @@ fn scalar(func: ScalarFunc, args: &[Expr], ty: SqlType, resolve: &dyn Fn(&Expr) 
                 Some(ExprKind::Literal(Literal::Integer(d))) => *d as u32,
                 _ => 0,
             };
-            f64_of(0)?.round(digits, RoundMode::HalfAwayFromZero)
+            if digits == 0 {
+                // A tie at 0 digits (x.5) is exact in binary: rounding the double is exact.
+                f64_of(0)?.round(0, RoundMode::HalfAwayFromZero)
+            } else {
+                let output = |_: &pl::Schema, f: &pl::Field| Ok(pl::Field::new(f.name().clone(), DataType::Float64));
+                f64_of(0)?.map_with_fmt_str(
+                    move |c: pl::Column| {
+                        let out: pl::Float64Chunked = c.f64()?.iter().map(|v| v.map(|v| decimal::round_half_away(v, digits))).collect();
+                        Ok(out.with_name(c.name().clone()).into_column())
+                    },
+                    output,
+                    "round",
+                )
+            }
         }
         Floor | Ceil | Abs if args[0].ty == SqlType::Null => null_of(SqlType::Double),
         Floor | Ceil if args[0].ty == SqlType::Integer => a(0)?,
@@ -306,16 +351,73 @@ fn scalar(func: ScalarFunc, args: &[Expr], ty: SqlType, resolve: &dyn Fn(&Expr) 
             };
             a(1)?.dt().truncate(lit(every))
         }
-        WidthBucket => {
-            let x = f64_of(0)?;
-            let (lo, hi, n) = (num_lit(1), num_lit(2), num_lit(3));
-            let inside = ((x.clone() - lit(lo)) / lit(hi - lo) * lit(n)).floor() + lit(1.0);
-            pl::when(x.clone().lt(lit(lo)))
-                .then(lit(0.0))
-                .when(x.gt_eq(lit(hi)))
-                .then(lit(n + 1.0))
-                .otherwise(inside)
-                .cast(DataType::Int64)
+        WidthBucket => width_bucket(a(0)?, args)?,
+    })
+}
+
+/// A literal number argument as the decimal it was written as.
+fn decimal_literal(e: &Expr) -> Option<Decimal> {
+    match e.kind {
+        ExprKind::Literal(Literal::Integer(i)) => Some(Decimal::of_i64(i)),
+        ExprKind::Literal(Literal::Double(x)) => Decimal::of_f64(x),
+        _ => None,
+    }
+}
+
+/// `WIDTH_BUCKET(x, low, high, n)`, PostgreSQL's definition computed
+/// exactly: bucket `i` holds `low + (i-1)·w <= x < low + i·w` with
+/// `w = (high - low) / n`, 0 is below `low`, `n + 1` at or above `high`.
+/// Dividing in floating point puts values on an edge in the bucket below
+/// (75 / 110 × 22 is 14.999…): here each edge is turned once, exactly, into
+/// the least value at or above it ([`Edges`]), and `x` is compared with
+/// those. Doubles are read as the decimals they print as (`0.6` is on the
+/// edge 0.6), integers as themselves.
+fn width_bucket(x: PExpr, args: &[Expr]) -> Result<PExpr> {
+    let invalid = || Error::Engine("internal error: WIDTH_BUCKET needs literal edges and count".into());
+    let (low, high) = (decimal_literal(&args[1]).ok_or_else(invalid)?, decimal_literal(&args[2]).ok_or_else(invalid)?);
+    let n = match args[3].kind {
+        ExprKind::Literal(Literal::Integer(n)) if (1..=i64::from(u32::MAX)).contains(&n) => n as u32,
+        _ => return Err(invalid()),
+    };
+    let approx = |e: &Expr| match e.kind {
+        ExprKind::Literal(Literal::Integer(i)) => i as f64,
+        ExprKind::Literal(Literal::Double(x)) => x,
+        _ => 0.0,
+    };
+    let (lo, hi) = (approx(&args[1]), approx(&args[2]));
+    // Any approximation of the edges: it only starts the exact search.
+    let guess = move |i: u32| lo * (f64::from(n - i) / f64::from(n)) + hi * (f64::from(i) / f64::from(n));
+    let edges = Edges::new(low, high, n);
+    let output = |_: &pl::Schema, f: &pl::Field| Ok(pl::Field::new(f.name().clone(), DataType::Int64));
+    Ok(match args[0].ty {
+        SqlType::Integer => {
+            let thresholds = edges.integer_thresholds(guess);
+            x.cast(DataType::Int64).map_with_fmt_str(
+                move |c: pl::Column| {
+                    let out: pl::Int64Chunked =
+                        c.i64()?.iter().map(|v| v.map(|v| decimal::bucket(&thresholds, &i128::from(v)))).collect();
+                    Ok(out.with_name(c.name().clone()).into_column())
+                },
+                output,
+                "width_bucket",
+            )
+        }
+        SqlType::Null => null_of(SqlType::Integer),
+        _ => {
+            let thresholds = edges.float_thresholds(guess);
+            x.cast(DataType::Float64).map_with_fmt_str(
+                move |c: pl::Column| {
+                    // NaN (0/0) has no bucket.
+                    let out: pl::Int64Chunked = c
+                        .f64()?
+                        .iter()
+                        .map(|v| v.filter(|v| !v.is_nan()).map(|v| decimal::bucket(&thresholds, &v)))
+                        .collect();
+                    Ok(out.with_name(c.name().clone()).into_column())
+                },
+                output,
+                "width_bucket",
+            )
         }
     })
 }
@@ -423,6 +525,110 @@ fn regex_escape(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use crate::span::Span;
+    use polars::prelude::IntoLazy;
+
+    /// A decimal text (`-37.5`, `6.000000000000001e-1`) as `mantissa × 10^exponent`.
+    fn decimal(text: &str) -> (i128, i32) {
+        let (mantissa, exp) = text.split_once('e').unwrap_or((text, "0"));
+        let (int, frac) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+        (format!("{int}{frac}").parse().unwrap(), exp.parse::<i32>().unwrap() - frac.len() as i32)
+    }
+
+    /// PostgreSQL's WIDTH_BUCKET in exact rational arithmetic, on the
+    /// decimals as written (a double is the decimal it prints as).
+    fn reference(x: &str, low: &str, high: &str, n: i64) -> i64 {
+        let (mut x, l, h) = (decimal(x), decimal(low), decimal(high));
+        // A subnormal next to an edge at 0 (5e-324) would not fit an i128 at
+        // the common scale; no edge of these tests lies within 1e-20 of 0
+        // but 0 itself, so it is on the same side of every edge as ±1e-20.
+        if x.0 != 0 && (x.0.unsigned_abs().ilog10() as i32 + 1 + x.1) < -20 {
+            x = (x.0.signum(), -20);
+        }
+        let e = x.1.min(l.1).min(h.1);
+        let at = |(m, k): (i128, i32)| m * 10i128.pow((k - e) as u32);
+        let (x, l, h) = (at(x), at(l), at(h));
+        if x < l {
+            0
+        } else if x >= h {
+            n + 1
+        } else {
+            ((i128::from(n) * (x - l)).div_euclid(h - l) + 1) as i64
+        }
+    }
+
+    fn literal_of(text: &str) -> Expr {
+        let (kind, ty) = match text.parse::<i64>() {
+            Ok(i) => (Literal::Integer(i), SqlType::Integer),
+            Err(_) => (Literal::Double(text.parse().unwrap()), SqlType::Double),
+        };
+        Expr { kind: ExprKind::Literal(kind), ty, span: Span::new(0, 0) }
+    }
+
+    /// WIDTH_BUCKET of `xs` (a column of type `ty`) through polars.
+    fn buckets(xs: pl::Column, ty: SqlType, low: &str, high: &str, n: i64) -> Vec<Option<i64>> {
+        let value = Expr { kind: ExprKind::Literal(Literal::Null), ty, span: Span::new(0, 0) };
+        let args = [value, literal_of(low), literal_of(high), literal_of(&n.to_string())];
+        let df = pl::DataFrame::new_infer_height(vec![xs]).unwrap();
+        let out = df.lazy().select([width_bucket(col("x"), &args).unwrap().alias("b")]).collect().unwrap();
+        out.column("b").unwrap().i64().unwrap().iter().collect()
+    }
+
+    fn neighbours(x: f64) -> [f64; 5] {
+        let step = |x: f64, up: bool| {
+            let bits = x.to_bits() as i64;
+            let key = bits ^ ((((bits >> 63) as u64) >> 1) as i64);
+            let key = if up { key + 1 } else { key - 1 };
+            f64::from_bits((key ^ ((((key >> 63) as u64) >> 1) as i64)) as u64)
+        };
+        [step(step(x, false), false), step(x, false), x, step(x, true), step(step(x, true), true)]
+    }
+
+    #[test]
+    fn width_bucket_is_exact_on_every_edge() {
+        assert_eq!(buckets(pl::Column::new("x".into(), [75i64]), SqlType::Integer, "0", "110", 22), vec![Some(16)]);
+        assert_eq!(buckets(pl::Column::new("x".into(), [75.0f64]), SqlType::Double, "0", "110", 22), vec![Some(16)]);
+        let ends = ["-37.5", "-1", "-0.3", "0", "0.1", "0.3", "0.6", "1", "2.25", "3", "75", "110", "1000.125"];
+        let mut checked = 0;
+        for (i, low) in ends.iter().enumerate() {
+            for high in &ends[i + 1..] {
+                for n in [1i64, 2, 3, 5, 7, 10, 22, 49] {
+                    let (lo, hi): (f64, f64) = (low.parse().unwrap(), high.parse().unwrap());
+                    // Every edge, the doubles around it, and integers near it.
+                    let mut doubles = vec![f64::NEG_INFINITY, f64::INFINITY, -0.0];
+                    let mut integers = vec![i64::MIN, i64::MAX, 0];
+                    for j in 0..=n {
+                        let edge = lo + (hi - lo) * (j as f64 / n as f64);
+                        doubles.extend(neighbours(edge));
+                        integers.extend([edge.floor() as i64 - 1, edge.floor() as i64, edge.ceil() as i64, edge.ceil() as i64 + 1]);
+                    }
+                    let got = buckets(pl::Column::new("x".into(), doubles.clone()), SqlType::Double, low, high, n);
+                    for (x, b) in doubles.iter().zip(got) {
+                        let want = match *x {
+                            x if x == f64::NEG_INFINITY => 0,
+                            x if x == f64::INFINITY => n + 1,
+                            x => reference(&format!("{x:e}"), low, high, n),
+                        };
+                        assert_eq!(b, Some(want), "WIDTH_BUCKET({x:e}, {low}, {high}, {n})");
+                        checked += 1;
+                    }
+                    let got = buckets(pl::Column::new("x".into(), integers.clone()), SqlType::Integer, low, high, n);
+                    for (x, b) in integers.iter().zip(got) {
+                        assert_eq!(b, Some(reference(&x.to_string(), low, high, n)), "WIDTH_BUCKET({x}, {low}, {high}, {n})");
+                        checked += 1;
+                    }
+                }
+            }
+        }
+        assert!(checked > 50_000, "{checked}");
+    }
+
+    #[test]
+    fn width_bucket_of_nan_and_null_is_null() {
+        let xs = pl::Column::new("x".into(), [Some(f64::NAN), None, Some(0.5)]);
+        assert_eq!(buckets(xs, SqlType::Double, "0", "1", 2), vec![None, None, Some(2)]);
+    }
 
     #[test]
     fn like_patterns_become_anchored_regexes() {
