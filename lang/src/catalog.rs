@@ -43,7 +43,10 @@ enum Uniqueness {
     Key,
     /// Never twice, but missing on some rows.
     UniqueWithNulls,
-    /// Some value occurs twice (or it could not be checked).
+    /// Some value occurs twice, and the column is on every row.
+    RepeatsComplete,
+    /// Some value occurs twice, and the column is missing on some rows (or
+    /// it could not be checked).
     Repeats,
 }
 
@@ -52,12 +55,15 @@ impl Uniqueness {
         match self {
             Uniqueness::Key => "key",
             Uniqueness::UniqueWithNulls => "unique-with-nulls",
+            Uniqueness::RepeatsComplete => "repeats-complete",
             Uniqueness::Repeats => "repeats",
         }
     }
 
     fn parse(text: &str) -> Option<Uniqueness> {
-        [Uniqueness::Key, Uniqueness::UniqueWithNulls, Uniqueness::Repeats].into_iter().find(|u| u.as_str() == text)
+        [Uniqueness::Key, Uniqueness::UniqueWithNulls, Uniqueness::RepeatsComplete, Uniqueness::Repeats]
+            .into_iter()
+            .find(|u| u.as_str() == text)
     }
 }
 
@@ -106,7 +112,15 @@ impl Table {
 
     /// Whether the non-null values of source column `name` never repeat.
     pub fn column_is_unique(&self, name: &str) -> bool {
-        self.uniqueness(name) != Uniqueness::Repeats
+        matches!(self.uniqueness(name), Uniqueness::Key | Uniqueness::UniqueWithNulls)
+    }
+
+    /// Whether source column `name` has a value on every row: then the
+    /// people whose values feed an aggregate of it are the group's people,
+    /// and the lowering need not count them apart. (Checked in the same pass
+    /// as [`Table::column_is_unique`].)
+    pub fn column_is_complete(&self, name: &str) -> bool {
+        matches!(self.uniqueness(name), Uniqueness::Key | Uniqueness::RepeatsComplete)
     }
 
     /// Computed once per version of the source (one pass over the column)
@@ -153,6 +167,7 @@ impl Table {
         match (get("distinct"), get("values"), get("rows")) {
             (Some(d), Some(v), Some(r)) if d == v && v == r => Uniqueness::Key,
             (Some(d), Some(v), Some(_)) if d == v => Uniqueness::UniqueWithNulls,
+            (Some(_), Some(v), Some(r)) if v == r => Uniqueness::RepeatsComplete,
             _ => Uniqueness::Repeats,
         }
     }

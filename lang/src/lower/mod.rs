@@ -408,7 +408,7 @@ impl Lowerer {
                 counts.push((rule, k));
                 i
             };
-            let feeds = feeders(&calls)?;
+            let feeds = feeders(&calls, s.from.as_ref())?;
             let and = |a: &Option<PExpr>, b: PExpr| match a {
                 Some(a) => a.clone().and(b),
                 None => b,
@@ -707,8 +707,15 @@ fn internal_columns(rel: &Rel) -> Vec<PExpr> {
 /// Per distinct argument list of the aggregate calls that read data: the
 /// rows whose values feed it (all its data arguments non-NULL). `COUNT(*)`
 /// and constant arguments read every row of the group, which the group's
-/// own count covers.
-fn feeders(calls: &[&Expr]) -> Result<Vec<PExpr>> {
+/// own count covers; so do columns of the table scanned right below that
+/// are on every row ([`Table::column_is_complete`]).
+fn feeders(calls: &[&Expr], from: Option<&FromItem>) -> Result<Vec<PExpr>> {
+    let complete = |a: &Expr| match (&a.kind, from) {
+        (ExprKind::Column(c), Some(FromItem::Table { slot, table, .. })) if c.slot == *slot => {
+            table.columns.get(c.index).is_some_and(|col| table.column_is_complete(&col.name))
+        }
+        _ => false,
+    };
     let mut seen: Vec<&[Expr]> = Vec::new();
     let mut feeds = Vec::new();
     for call in calls {
@@ -718,7 +725,7 @@ fn feeders(calls: &[&Expr]) -> Result<Vec<PExpr>> {
             AggFunc::Quantile => &args[..args.len().min(1)],
             _ => args,
         };
-        if !data.iter().any(|a| a.references_columns()) {
+        if !data.iter().any(|a| a.references_columns()) || data.iter().all(complete) {
             continue;
         }
         if seen.iter().any(|s| s.len() == data.len() && s.iter().zip(data).all(|(a, b)| a.same_as(b))) {
