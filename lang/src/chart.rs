@@ -22,7 +22,6 @@ use crate::ir::{AggFunc, BinaryOp, ColumnRef, Expr, ExprKind, FromItem, Literal,
 use crate::span::{LineIndex, Span};
 use crate::types::SqlType;
 use serde::Serialize;
-use sqlparser::ast;
 use sqlparser::dialect::GenericDialect;
 use sqlparser::tokenizer::{Token, Tokenizer};
 use std::fmt;
@@ -440,13 +439,6 @@ pub fn histogram_query(spec: &ChartSpec, bound: &Query) -> Result<(Query, Chart)
         }),
     };
     Ok((query, chart))
-}
-
-/// [`histogram_query`] as SQL text (the IR's SQL binds back to the same IR),
-/// for callers that bind text. `_text` and `_query` are not read.
-pub fn histogram_sql(spec: &ChartSpec, _text: &str, _query: &ast::Query, bound: &Query) -> Result<(String, Chart)> {
-    let (query, chart) = histogram_query(spec, bound)?;
-    Ok((query.to_string(), chart))
 }
 
 /// How the query computes a bin edge from its index `j` (0 is `min`, `n`

@@ -271,7 +271,10 @@ fn is_arithmetic(e: &Expr) -> bool {
                 || is_arithmetic(left) && matches!(right.kind, ExprKind::Literal(Literal::Double(d)) if d != 0.0)
         }
         ExprKind::Unary { op: UnaryOp::Neg, expr } => is_arithmetic(expr),
-        ExprKind::Cast { expr, to: SqlType::Integer | SqlType::Double } => is_arithmetic(expr),
+        // A cast to an integer rounds (a fractional value times 1e9, cast,
+        // would carry digits that no released float shows): only integers.
+        ExprKind::Cast { expr, to: SqlType::Integer } => expr.ty == SqlType::Integer && is_arithmetic(expr),
+        ExprKind::Cast { expr, to: SqlType::Double } => is_arithmetic(expr),
         _ => false,
     }
 }
@@ -331,6 +334,25 @@ fn check_aggregate(e: &Expr, scope: &Scope) -> Result<()> {
                 Rule::ConditionalAggregate,
                 format!(
                     "inside {} on protected data, use a column or a linear combination of columns (no conditions, functions or products of columns, which act as hidden filters); filter with WHERE or GROUP BY the condition instead",
+                    func.sql_name()
+                ),
+                Some(arg.span),
+            ));
+        }
+        // The second moment of a sum holds the products of its terms
+        // (VAR(x + y) - VAR(x) - VAR(y) = 2 COV(x, y)), and products act as
+        // hidden filters: second moments take columns only.
+        let second_moment = matches!(func, AggFunc::Stddev | AggFunc::Variance | AggFunc::Corr | AggFunc::CovarSamp);
+        let bare = |e: &Expr| match &e.kind {
+            ExprKind::Column(_) => true,
+            ExprKind::Cast { expr, to: SqlType::Double } => matches!(expr.kind, ExprKind::Column(_)),
+            _ => false,
+        };
+        if second_moment && !bare(arg) {
+            return Err(Error::refused(
+                Rule::ConditionalAggregate,
+                format!(
+                    "{} on protected data takes columns, not arithmetic of columns: the second moment of a sum holds the products of its terms, which act as hidden filters",
                     func.sql_name()
                 ),
                 Some(arg.span),

@@ -132,8 +132,8 @@ impl Policy {
                 let query = bind::bind_query(&self.catalog, text, q)?;
                 if spec.kind == ChartKind::Histogram {
                     // The bins become a GROUP BY, checked and released like any other.
-                    let (sql, chart) = safe_data_lang::chart::histogram_sql(spec, text, q, &query)?;
-                    let binned = bind::bind_sql(&self.catalog, &sql).map_err(|e| Error::from(e).respanned(Some(query.span)))?;
+                    // Rewritten on the IR: any FROM (subquery, CTE, join, union) stays as bound.
+                    let (binned, chart) = safe_data_lang::chart::histogram_query(spec, &query)?;
                     *plan_hash = Some(hash_plan(&binned));
                     let released = self.run_bound(&binned, cancel).map_err(|e| e.respanned(Some(query.span)))?;
                     return Ok(released.with_chart(chart));

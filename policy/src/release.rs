@@ -185,38 +185,34 @@ pub(crate) fn release(df: &DataFrame, input: &ReleaseInput<'_>) -> Result<Releas
                 sum.0 += thin;
                 sum.1 += diff;
             }
-            if input.whole_table && input.withheld.iter().any(|p| p.top) {
-                if top.0 > 0 {
-                    return Err(Error::refused(
-                        Rule::MinGroupSize,
-                        format!("this result would rest on fewer than {k} people, so it is not released; widen the filters"),
-                        Some(input.span),
-                    ));
-                }
-                if top.1 > 0 {
-                    return Err(Error::refused(
-                        Rule::Differencing,
-                        format!(
-                            "the filters remove rows of fewer than {k} people from the whole table, so the result could be compared with the unfiltered one to learn about them; widen or drop the filter"
-                        ),
-                        Some(input.span),
-                    ));
-                }
+            // A group that singles out 1 to k-1 people (filters removed or
+            // touched them, a UNION ALL branch or a level of a correlated
+            // column holds them) refuses the statement: withholding just
+            // that group would show which group they are in, since groups
+            // that single out no one are released.
+            if top.1 + inner.1 > 0 {
+                return Err(Error::refused(
+                    Rule::Differencing,
+                    format!(
+                        "in at least one group, the filters (or a UNION ALL branch, or one level of a column inside CORR/COVAR_SAMP) single out fewer than {k} people, so the result could be compared with another to learn about them; widen or drop the filter, or group more coarsely"
+                    ),
+                    Some(input.span),
+                ));
             }
-            for (n, of, kind) in [
-                (top.0, "", NoticeKind::Suppressed),
-                (top.1, "", NoticeKind::Differencing),
-                (inner.0, " of a subquery", NoticeKind::Suppressed),
-                (inner.1, " of a subquery", NoticeKind::Differencing),
-            ] {
-                if n == 0 {
-                    continue;
+            if input.whole_table && input.withheld.iter().any(|p| p.top) && top.0 > 0 {
+                return Err(Error::refused(
+                    Rule::MinGroupSize,
+                    format!("this result would rest on fewer than {k} people, so it is not released; widen the filters"),
+                    Some(input.span),
+                ));
+            }
+            for (n, of) in [(top.0, ""), (inner.0, " of a subquery")] {
+                if n > 0 {
+                    notices.push(Notice {
+                        kind: NoticeKind::Suppressed,
+                        message: format!("{n} group{}{of} withheld: empty or fewer than {k} people", plural(n as usize)),
+                    });
                 }
-                let why = match kind {
-                    NoticeKind::Suppressed => format!("empty or fewer than {k} people"),
-                    _ => format!("the filters removed rows of fewer than {k} people from {}, which could single them out", if n == 1 { "it" } else { "them" }),
-                };
-                notices.push(Notice { kind, message: format!("{n} group{}{of} withheld: {why}", plural(n as usize)) });
             }
         }
     }

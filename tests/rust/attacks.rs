@@ -351,19 +351,28 @@ fn control_visits_joins_and_public_table() {
         assert_eq!((int(&r[1]), int(&r[2])), (n, people), "ward {ward}");
         assert_close(num(&r[3]), s, ward);
     }
-    let rel = lab.released(
+    // The inner join drops patient 7 (no visits) from North: 1 < k people
+    // removed, like a filter. Withholding North alone would say where he
+    // lives, so the statement is refused.
+    lab.refused_by(
         "SELECT p.region, COUNT(*) AS n, COUNT(DISTINCT p.patient_id) AS people, SUM(v.cost) AS s \
          FROM patients p JOIN visits v ON p.patient_id = v.patient_id GROUP BY p.region",
+        Rule::Differencing,
     );
-    // The inner join drops patient 7 (no visits) from North: 1 < k people
-    // removed, so North is hidden like a filtered group (differencing).
+    // A LEFT JOIN keeps him (with no visit): every region is whole.
+    let rel = lab.released(
+        "SELECT p.region, COUNT(*) AS n, COUNT(DISTINCT p.patient_id) AS people, SUM(v.cost) AS s \
+         FROM patients p LEFT JOIN visits v ON p.patient_id = v.patient_id GROUP BY p.region",
+    );
     for (region, n, people, s) in [("South", 39, 20, 11603.0), ("East", 39, 19, 12688.0)] {
         let r = row_of(&rel, region).unwrap();
         assert_eq!((int(&r[1]), int(&r[2])), (n, people), "{region}");
         assert_close(num(&r[3]), s, region);
     }
-    assert!(row_of(&rel, "North").is_none(), "North lost one person to the join");
-    assert!(rel.notices().iter().any(|n| n.kind == NoticeKind::Differencing), "{:?}", rel.notices());
+    let north = row_of(&rel, "North").expect("North is whole with a LEFT JOIN");
+    assert_eq!((int(&north[1]), int(&north[2])), (40, 20), "North: 39 visits of 19 people, and patient 7's empty row");
+    assert!(row_of(&rel, "Isle").is_none(), "Isle is one person");
+    assert!(has_notice(&rel, NoticeKind::Suppressed), "{:?}", rel.notices());
     // Public data is released as is.
     let rel = lab.released("SELECT region, population FROM regions ORDER BY region");
     let got: Vec<(String, i64)> = rel.rows().iter().map(|r| (text(&r[0]).to_string(), int(&r[1]))).collect();
@@ -463,21 +472,15 @@ fn family2_grouped_with_and_without_filter() {
     let lab = Lab::new();
     let full = lab.released("SELECT sex, COUNT(*) AS n, SUM(bmi) AS s FROM patients GROUP BY sex");
     assert_eq!(full.rows().len(), 2);
-    // The 99-year-old is F: the F row loses one person and must be hidden; M is untouched.
-    let rel = lab
-        .hidden_or_refused("SELECT sex, COUNT(*) AS n, SUM(bmi) AS s FROM patients WHERE age <> 99 GROUP BY sex", |r| {
-            text(&r[0]) == "F"
-        })
-        .expect("the M row is releasable");
-    assert!(has_notice(&rel, NoticeKind::Differencing), "{:?}", rel.notices());
-    let m = row_of(&rel, "M").unwrap();
-    assert_close(num(&m[2]), 824.7, "M untouched");
-    // The Isle patient is M, in region Isle: grouped by region, removing him hides nothing (his
-    // group vanishes), grouped by sex the M row loses one person.
-    lab.hidden_or_refused("SELECT sex, AVG(bmi) AS a FROM patients WHERE region <> 'Isle' GROUP BY sex", |r| text(&r[0]) == "M");
-    lab.hidden_or_refused("SELECT diabetes, SUM(bmi) AS s FROM patients WHERE NOT (age = 99) GROUP BY diabetes", |r| {
-        int(&r[0]) == 1
-    });
+    // The 99-year-old is F: the F row loses one person. Hiding F alone and
+    // showing M would tell her sex, so the statement is refused.
+    lab.refused_by("SELECT sex, COUNT(*) AS n, SUM(bmi) AS s FROM patients WHERE age <> 99 GROUP BY sex", Rule::Differencing);
+    // The Isle patient is M, in region Isle: grouped by sex the M row loses one person.
+    lab.refused_by("SELECT sex, AVG(bmi) AS a FROM patients WHERE region <> 'Isle' GROUP BY sex", Rule::Differencing);
+    lab.refused_by("SELECT diabetes, SUM(bmi) AS s FROM patients WHERE NOT (age = 99) GROUP BY diabetes", Rule::Differencing);
+    // Control: a filter removing at least k people from every group it touches.
+    let rel = lab.released("SELECT sex, COUNT(*) AS n FROM patients WHERE region <> 'North' GROUP BY sex ORDER BY sex");
+    assert_eq!(rel.rows().len(), 2, "{:?}", rel.rows());
 }
 
 /// Family 2: an inner join with the public table, which has no `Isle` row,
@@ -813,14 +816,19 @@ fn family5_self_join_fan_out() {
 #[test]
 fn family5_visits_fan_out_counts_people() {
     let lab = Lab::new();
+    // North lost patient 7 (no visits) to the join: refused (differencing).
+    lab.refused_by(
+        "SELECT p.region, COUNT(*) AS n, SUM(v.cost) AS s FROM patients p JOIN visits v ON p.patient_id = v.patient_id GROUP BY p.region",
+        Rule::Differencing,
+    );
+    // With a LEFT JOIN nobody is dropped: Isle (one person, six visits) is thin.
     let rel = lab
         .hidden_or_refused(
-            "SELECT p.region, COUNT(*) AS n, SUM(v.cost) AS s FROM patients p JOIN visits v ON p.patient_id = v.patient_id GROUP BY p.region",
+            "SELECT p.region, COUNT(*) AS n, SUM(v.cost) AS s FROM patients p LEFT JOIN visits v ON p.patient_id = v.patient_id GROUP BY p.region",
             |r| text(&r[0]) == "Isle",
         )
         .expect("the other regions are releasable");
-    // Isle is thin; North lost patient 7 (no visits) to the join: both hidden.
-    assert_eq!(rel.rows().len(), 2);
+    assert_eq!(rel.rows().len(), 3, "{:?}", rel.rows());
     // Visit numbers 4..6 exist only for him.
     let rel = lab.hidden_or_refused("SELECT visit_no, COUNT(*) AS n FROM visits GROUP BY visit_no", |r| int(&r[0]) >= 4).unwrap();
     assert_eq!(rel.rows().len(), 3, "{:?}", rel.rows());
@@ -860,13 +868,16 @@ fn family5_join_fan_out_onto_a_public_table_counts_people() {
     .expect("the wards of the other regions are releasable");
     // regions.region does not repeat: one row per person, and Isle (no
     // region row) is dropped by the join: North, South and East are whole.
-    let rel = lab.released("SELECT p.sex, COUNT(*) AS n, COUNT(DISTINCT p.patient_id) AS people FROM patients p JOIN regions r ON p.region = r.region GROUP BY p.sex ORDER BY p.sex");
-    assert!(rel.rows().is_empty() || rel.rows().iter().all(|r| int(&r[1]) == int(&r[2])), "{:?}", rel.rows());
-    // The join removed only the Isle patient (M) from the M group: the
-    // differencing check hides M, F (nobody removed) is released whole.
-    let f = row_of(&rel, "F").expect("F lost no one to the join");
+    // The join removed only the Isle patient (M) from the M group: refused,
+    // as hiding M alone would say which sex he is.
+    lab.refused_by(
+        "SELECT p.sex, COUNT(*) AS n, COUNT(DISTINCT p.patient_id) AS people FROM patients p JOIN regions r ON p.region = r.region GROUP BY p.sex ORDER BY p.sex",
+        Rule::Differencing,
+    );
+    let rel = lab.released("SELECT p.sex, COUNT(*) AS n, COUNT(DISTINCT p.patient_id) AS people FROM patients p LEFT JOIN regions r ON p.region = r.region GROUP BY p.sex ORDER BY p.sex");
+    assert!(rel.rows().iter().all(|r| int(&r[1]) == int(&r[2])), "{:?}", rel.rows());
+    let f = row_of(&rel, "F").expect("F is whole");
     assert_eq!(int(&f[1]), 30);
-    assert!(row_of(&rel, "M").is_none(), "M lost exactly one person to the join: {:?}", rel.rows());
 }
 
 // ---------------------------------------------------------------------------

@@ -44,7 +44,10 @@ pub use expr::like_to_regex;
 
 /// Internal column (inside an aggregation only): the group rests on fewer than k people.
 const THIN_FLAG: &str = "__sd_thin";
-/// Internal column (inside an aggregation only): the filters touched between 1 and k-1 people of the group.
+/// Internal column (inside an aggregation only): the group singles out between
+/// 1 and k-1 people (filters that removed or touched them, a UNION ALL branch
+/// or a level of a correlated column that holds them). The release refuses the
+/// statement: withholding only that group would name it.
 const DIFF_FLAG: &str = "__sd_diff";
 const KEEP: &str = "__keep";
 /// Internal column: which UNION ALL branch a protected row comes from.
@@ -183,12 +186,13 @@ impl People {
 /// What a people count inside an aggregation says about the group, against k.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Rule {
-    /// Fewer than k people (none included): thin.
+    /// Fewer than k people, none included: thin. The group is withheld;
+    /// since an empty group is withheld too, this tells nothing.
     AtLeastK,
-    /// Between 1 and k-1 people: thin (a branch's contribution).
-    NoneOrAtLeastKThin,
-    /// Between 1 and k-1 people: differencing (people touched by the filters).
-    NoneOrAtLeastKDiff,
+    /// Between 1 and k-1 people (0 passes): the group singles them out. As
+    /// "none" passes, *which* group is flagged would tell about them, so the
+    /// release refuses the whole statement (see `DIFF_FLAG`).
+    NoneOrAtLeastK,
 }
 
 struct Lowerer {
@@ -433,17 +437,51 @@ impl Lowerer {
                     let i = push(&mut aggs, rel.people.count(unit, kept), Rule::AtLeastK, k);
                     if let Some(kp) = &keep {
                         aggs.push(rel.people.count(unit, feed.clone()).alias(format!("__all{i}")));
-                        push(&mut aggs, rel.people.count(unit, Some(within(kp.clone().not()))), Rule::NoneOrAtLeastKDiff, k);
+                        push(&mut aggs, rel.people.count(unit, Some(within(kp.clone().not()))), Rule::NoneOrAtLeastK, k);
                         removed.push(i);
                     }
+                }
+                // CORR and COVAR_SAMP add up products: with a 0/1 column,
+                // the sum of x·y is the sum of x over the people whose y is 1.
+                // Each column's people away from its smallest value, and away
+                // from its largest, are none or at least k (for a 0/1 column:
+                // both levels).
+                for call in &calls {
+                    let ExprKind::Aggregate { func: AggFunc::Corr | AggFunc::CovarSamp, args, .. } = &call.kind else { continue };
+                    let mut both = keep.clone().unwrap_or(lit(true));
+                    let lowered: Vec<PExpr> = args.iter().map(|a| expr::lower(a, &|_| None)).collect::<Result<_>>()?;
+                    for a in &lowered {
+                        both = both.and(a.clone().is_not_null());
+                    }
+                    for a in &lowered {
+                        let within = pl::when(both.clone()).then(a.clone()).otherwise(lit(pl::Null {}));
+                        for edge in [within.clone().min(), within.max()] {
+                            let away = both.clone().and(a.clone().neq(edge));
+                            push(&mut aggs, rel.people.count(unit, Some(away)), Rule::NoneOrAtLeastK, k);
+                        }
+                    }
+                }
+                // A quantile other than the median (which the owner allows as
+                // such) has at least k - 1 values on each side of its rank
+                // p·(n - 1); p = 0 or 1 would be MIN or MAX.
+                for call in &calls {
+                    let ExprKind::Aggregate { func: AggFunc::Quantile, args, .. } = &call.kind else { continue };
+                    let p = match args.get(1).map(|a| &a.kind) {
+                        Some(ExprKind::Literal(crate::ir::Literal::Double(p))) => *p,
+                        _ => 0.5,
+                    };
+                    let side = p.min(1.0 - p);
+                    let needed = if side > 0.0 { (1.0 + (k as f64 - 1.0) / side).ceil().min(i64::MAX as f64) as u64 } else { i64::MAX as u64 };
+                    let fed = expr::lower(&args[0], &|_| None)?.is_not_null();
+                    push(&mut aggs, rel.people.count(unit, Some(and(&keep, fed))), Rule::AtLeastK, needed);
                 }
                 // Each UNION ALL branch: its contribution rests on none or at
                 // least k people, and its filters touch none or at least k.
                 for b in (0..rel.branches).filter(|_| rel.branches > 1) {
                     let branch = col(BRANCH).eq(lit(b as i32));
-                    push(&mut aggs, rel.people.count(unit, Some(and(&keep, branch.clone()))), Rule::NoneOrAtLeastKThin, k);
+                    push(&mut aggs, rel.people.count(unit, Some(and(&keep, branch.clone()))), Rule::NoneOrAtLeastK, k);
                     if let Some(kp) = &keep {
-                        push(&mut aggs, rel.people.count(unit, Some(kp.clone().not().and(branch))), Rule::NoneOrAtLeastKDiff, k);
+                        push(&mut aggs, rel.people.count(unit, Some(kp.clone().not().and(branch))), Rule::NoneOrAtLeastK, k);
                     }
                 }
             }
@@ -462,8 +500,7 @@ impl Lowerer {
                 let some_but_few = n.clone().gt(lit(0i64)).and(n.clone().lt(k.clone()));
                 match rule {
                     Rule::AtLeastK => thin = thin.or(n.clone().lt(k.clone())),
-                    Rule::NoneOrAtLeastKThin => thin = thin.or(some_but_few),
-                    Rule::NoneOrAtLeastKDiff => diff = diff.or(some_but_few),
+                    Rule::NoneOrAtLeastK => diff = diff.or(some_but_few),
                 }
                 if removed.contains(&i) {
                     let gone = col(format!("__all{i}")) - n;
