@@ -231,7 +231,12 @@ pub fn json_document(r: &Released) -> Json {
     json!({
         "columns": r.columns().iter().map(|c| json!({"name": c.name, "type": c.ty.to_string()})).collect::<Vec<_>>(),
         "rows": r.rows().iter().map(|row| row.iter().map(Value::to_json).collect::<Vec<_>>()).collect::<Vec<_>>(),
-        "notices": r.notices().iter().map(|n| json!({"kind": n.kind, "message": n.message})).collect::<Vec<_>>(),
+        "notices": r
+            .notices()
+            .iter()
+            .map(|n| json!({"kind": n.kind, "message": n.message}))
+            .chain(r.chart().into_iter().flat_map(|c| crate::vegalite::notes(r, c)).map(|m| json!({"kind": "chart", "message": m})))
+            .collect::<Vec<_>>(),
     })
 }
 
