@@ -63,7 +63,7 @@ pub fn write_demo(dir: &Path, patients: usize) -> Result<(), String> {
     let mut age = Vec::with_capacity(n);
     let mut region = Vec::with_capacity(n);
     let mut admitted = Vec::with_capacity(n);
-    let mut cols: Vec<Vec<i32>> = vec![Vec::with_capacity(n); 8]; // comorbidities
+    let mut cols: Vec<Vec<i32>> = (0..8).map(|_| Vec::with_capacity(n)).collect(); // comorbidities
     let mut pneumonia = Vec::with_capacity(n);
     let mut icu = Vec::with_capacity(n);
     let mut intubated = Vec::with_capacity(n);

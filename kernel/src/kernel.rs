@@ -312,11 +312,10 @@ async fn heartbeat_loop(hb: RouterSocket) {
 /// never reads cannot hold back the others.
 async fn iopub_loop(mut socket: PubSocket, mut rx: mpsc::UnboundedReceiver<Frames>) {
     while let Some(frames) = rx.recv().await {
-        if let Some(m) = to_zmq(frames) {
-            if let Err(e) = socket.send(m).await {
+        if let Some(m) = to_zmq(frames)
+            && let Err(e) = socket.send(m).await {
                 tracing::warn!("iopub send: {e}");
             }
-        }
     }
 }
 

@@ -155,11 +155,10 @@ impl ReplayGuard {
             return false;
         }
         self.order.push_back(hash);
-        if self.order.len() > self.capacity {
-            if let Some(old) = self.order.pop_front() {
+        if self.order.len() > self.capacity
+            && let Some(old) = self.order.pop_front() {
                 self.seen.remove(&old);
             }
-        }
         true
     }
 }

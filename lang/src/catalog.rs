@@ -316,13 +316,12 @@ fn open_table(config: &Config, t: &TableConfig) -> Result<Table> {
             )));
         }
     }
-    if let Some(unit) = &t.privacy_unit {
-        if !known(unit) {
+    if let Some(unit) = &t.privacy_unit
+        && !known(unit) {
             return Err(config.error_at(t.line, format!(
                 "table `{}`: privacy_unit `{unit}` is not a column; its source has: {list}", t.name
             )));
         }
-    }
     for key in &t.join_keys {
         if !known(key) {
             return Err(config.error_at(t.line, format!(
@@ -358,13 +357,12 @@ fn open_table(config: &Config, t: &TableConfig) -> Result<Table> {
             }
             continue;
         };
-        if let Some(c) = listed {
-            if c.bounds.is_some() && !ty.is_numeric() {
+        if let Some(c) = listed
+            && c.bounds.is_some() && !ty.is_numeric() {
                 return Err(config.error_at(c.line, format!(
                     "table `{}`: column `{name}` is {ty}; bounds only apply to numeric columns", t.name
                 )));
             }
-        }
         columns.push(Column {
             name: name.to_string(),
             ty,

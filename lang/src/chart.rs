@@ -551,7 +551,8 @@ fn bins(spec: &ChartSpec, query: &Query, span: Span) -> Result<Bins> {
             ));
         }
     };
-    if !(min < max) {
+    // NaN edges compare as not below: refused too.
+    if min.partial_cmp(&max) != Some(std::cmp::Ordering::Less) {
         return Err(Error::invalid("the histogram's min must be below its max", Some(spec.span)));
     }
     Ok(Bins { min, max, count })

@@ -134,11 +134,10 @@ pub struct ChainBreak {
 pub fn verify(path: &Path) -> std::io::Result<Result<usize, ChainBreak>> {
     let file = File::open(path)?;
     let mut prev = GENESIS.to_string();
-    let mut expected_seq = 1u64;
     let mut count = 0;
-    for (i, line) in BufReader::new(file).lines().enumerate() {
+    for (n, line) in (1usize..).zip(BufReader::new(file).lines()) {
         let line = line?;
-        let n = i + 1;
+        let expected_seq = n as u64;
         let broken = |reason: &str| Ok(Err(ChainBreak { line: n, reason: reason.to_string() }));
         let Ok(Value::Object(mut body)) = serde_json::from_str::<Value>(&line) else {
             return broken("is not a valid audit record (edited)");
@@ -162,7 +161,6 @@ pub fn verify(path: &Path) -> std::io::Result<Result<usize, ChainBreak>> {
             return broken("has the wrong sequence number: lines were removed, inserted or reordered");
         }
         prev = hash;
-        expected_seq += 1;
         count += 1;
     }
     if let Ok(text) = std::fs::read_to_string(head_path(path)) {

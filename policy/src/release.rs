@@ -137,9 +137,12 @@ fn shape_error() -> Error {
     Error::Query(safe_data_lang::Error::Engine("internal error: the release evidence is missing".into()))
 }
 
+/// Groups withheld at one withheld point: as thin, and as singling out.
+type Withheld = (u64, u64);
+
 /// The frame's rows of the answer, and per withheld point the groups
 /// withheld as thin and by the differencing rule.
-fn split(df: &DataFrame, points: usize) -> Result<(Vec<usize>, Vec<(u64, u64)>)> {
+fn split(df: &DataFrame, points: usize) -> Result<(Vec<usize>, Vec<Withheld>)> {
     let column = |name: &str| df.column(name).and_then(|c| c.cast(&DataType::Int64)).map_err(|_| shape_error());
     let (point, thin, diff) = (column(POINT)?, column(WITHHELD_THIN)?, column(WITHHELD_DIFF)?);
     let int = |c: &safe_data_lang::polars::prelude::Column, i: usize| match c.get(i) {

@@ -294,11 +294,10 @@ impl Binder<'_> {
         };
         let mut found: Option<(ColumnRef, SqlType)> = None;
         for leaf in &ctx.scope.leaves {
-            if let Some(t) = table {
-                if !leaf.alias.eq_ignore_ascii_case(t) {
+            if let Some(t) = table
+                && !leaf.alias.eq_ignore_ascii_case(t) {
                     continue;
                 }
-            }
             for (index, (col, ty)) in leaf.columns.iter().enumerate() {
                 if table.is_none() && leaf.merged.contains(&index) {
                     continue;

@@ -84,11 +84,10 @@ impl Binder<'_> {
                         let l = self.expr(&ident, ExprCtx::new(&left_scope, Some("JOIN conditions"))).map_err(|e| at(e, span))?;
                         let r = self.expr(&ident, ExprCtx::new(&right_scope, Some("JOIN conditions"))).map_err(|e| at(e, span))?;
                         check_key_types(&l, &r, span)?;
-                        if let ExprKind::Column(c) = &r.kind {
-                            if let Some(leaf) = scope.leaves.iter_mut().find(|leaf| leaf.slot == c.slot) {
+                        if let ExprKind::Column(c) = &r.kind
+                            && let Some(leaf) = scope.leaves.iter_mut().find(|leaf| leaf.slot == c.slot) {
                                 leaf.merged.push(c.index);
                             }
-                        }
                         pairs.push((l, r));
                     }
                     pairs

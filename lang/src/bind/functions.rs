@@ -141,14 +141,12 @@ impl Binder<'_> {
                 // date_part's first argument is a field name, not a value.
                 let mut bound = Vec::new();
                 for (i, e) in exprs.iter().enumerate() {
-                    if func == ScalarFunc::DatePart && i == 0 {
-                        if let ast::Expr::Value(v) = e {
-                            if let ast::Value::SingleQuotedString(s) = &v.value {
+                    if func == ScalarFunc::DatePart && i == 0
+                        && let ast::Expr::Value(v) = e
+                            && let ast::Value::SingleQuotedString(s) = &v.value {
                                 bound.push(lit(Literal::Text(date_field_name(s, span)?), self.span_of(*e, span)));
                                 continue;
                             }
-                        }
-                    }
                     bound.push(self.expr(e, ctx)?);
                 }
                 self.scalar_checked(func, bound, span)
@@ -297,11 +295,10 @@ impl Binder<'_> {
             Round => {
                 arity(1, 2)?;
                 expect_numeric(&args[0], &name)?;
-                if let Some(d) = args.get(1) {
-                    if !matches!(d.kind, ExprKind::Literal(Literal::Integer(0..=15))) {
+                if let Some(d) = args.get(1)
+                    && !matches!(d.kind, ExprKind::Literal(Literal::Integer(0..=15))) {
                         return Err(Error::invalid("ROUND's digits must be an integer literal from 0 to 15", Some(d.span)));
                     }
-                }
                 SqlType::Double
             }
             Floor | Ceil | Abs => {

@@ -163,14 +163,13 @@ impl Binder<'_> {
         match self.expr(g, ExprCtx::new(scope, Some("GROUP BY"))) {
             Ok(e) => Ok(e),
             Err(err @ Error::UnknownColumn { .. }) => {
-                if let ast::Expr::Identifier(id) = g {
-                    if let Some(item) = projection.iter().find(|i| i.name.eq_ignore_ascii_case(&id.value)) {
+                if let ast::Expr::Identifier(id) = g
+                    && let Some(item) = projection.iter().find(|i| i.name.eq_ignore_ascii_case(&id.value)) {
                         if item.expr.contains_aggregate() {
                             return Err(Error::invalid("cannot GROUP BY an aggregate", Some(span)));
                         }
                         return Ok(item.expr.clone());
                     }
-                }
                 Err(err)
             }
             Err(e) => Err(e),

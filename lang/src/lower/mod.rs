@@ -263,14 +263,13 @@ impl Lowerer {
             rel.lf = rel.lf.slice(offset, len);
         }
         // Drop sort-only helper columns.
-        if let SetExpr::Select(s) = &q.body {
-            if s.projection.iter().any(|i| i.sort_only) {
+        if let SetExpr::Select(s) = &q.body
+            && s.projection.iter().any(|i| i.sort_only) {
                 let mut keep: Vec<PExpr> =
                     s.projection.iter().enumerate().filter(|(_, i)| !i.sort_only).map(|(i, _)| col(output_column(i))).collect();
                 keep.extend(internal_columns(&rel));
                 rel.lf = rel.lf.select(keep);
             }
-        }
         Ok(rel)
     }
 
@@ -664,15 +663,14 @@ impl Lowerer {
         let mut cols = Vec::new();
         for (i, c) in table.columns.iter().enumerate() {
             let mut e = col(c.name.as_str()).cast(c.ty.to_polars());
-            if protected {
-                if let Some((lo, hi)) = c.bounds {
+            if protected
+                && let Some((lo, hi)) = c.bounds {
                     // Clamp so no single person can dominate a sum.
                     e = match c.ty {
                         SqlType::Integer => e.clip(lit(lo.ceil() as i64), lit(hi.floor() as i64)),
                         _ => e.clip(lit(lo), lit(hi)),
                     };
                 }
-            }
             cols.push(e.alias(leaf_column(slot, i)));
         }
         let mut units = Vec::new();
