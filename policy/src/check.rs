@@ -348,7 +348,9 @@ fn check_aggregate(e: &Expr, scope: &Scope) -> Result<()> {
             ExprKind::Cast { expr, to: SqlType::Double } => matches!(expr.kind, ExprKind::Column(_)),
             _ => false,
         };
-        if second_moment && !bare(arg) {
+        // Through subqueries and CTEs too: the column must pass a table's
+        // column on unchanged (`age + died AS x` below is arithmetic here).
+        if second_moment && !(bare(arg) && info.base.is_some()) {
             return Err(Error::refused(
                 Rule::ConditionalAggregate,
                 format!(

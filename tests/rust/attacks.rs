@@ -1251,6 +1251,33 @@ fn family8_identifier_masked() {
 // Family 9: outliers
 // ---------------------------------------------------------------------------
 
+/// Family 7 (products hidden in second moments): COVAR_SAMP(y, x) adds up
+/// y·x, so with x = age + a 0/1 column (or two such combinations) the sum
+/// isolates the people whose flag is set; VAR(y + d) - VAR(y) - VAR(d) is
+/// 2·COV(y, d). Second moments take table columns passed on unchanged, also
+/// through subqueries (a second red-team round computed the sum in one).
+#[test]
+fn family7_second_moments_take_table_columns_only() {
+    let lab = Lab::new();
+    for sql in [
+        "SELECT VARIANCE(bmi + diabetes) FROM patients",
+        "SELECT COVAR_SAMP(bmi, age + diabetes) FROM patients",
+        "SELECT COVAR_SAMP(bmi, x) FROM (SELECT bmi, age + diabetes AS x FROM patients) t",
+        "WITH t AS (SELECT bmi, age + 2 * diabetes AS x FROM patients) SELECT CORR(bmi, x) FROM t",
+        "SELECT STDDEV(b) FROM (SELECT bmi * 2 AS b FROM patients) t",
+    ] {
+        lab.refused_by(sql, Rule::ConditionalAggregate);
+    }
+    // Control: columns passed on unchanged, with both levels of the 0/1
+    // column holding at least k people.
+    let rel = lab.released("SELECT COVAR_SAMP(b, a) AS c, CORR(b, d) AS r FROM (SELECT bmi AS b, age AS a, diabetes AS d FROM patients) t");
+    assert_eq!(rel.rows().len(), 1);
+    // From 70 on, 11 patients of whom 4 diabetics: that level holds fewer
+    // than k people, and the sum of bmi·diabetes would be theirs: refused.
+    lab.refused_by("SELECT COVAR_SAMP(bmi, diabetes) FROM patients WHERE age >= 70", Rule::Differencing);
+    lab.released("SELECT COVAR_SAMP(bmi, diabetes) FROM patients WHERE age >= 65");
+}
+
 /// Family 9: SUM/AVG clamp each value to the owner's bounds: bmi 69 counts as 50.
 #[test]
 fn family9_sum_and_avg_clamp_to_bounds() {
