@@ -188,6 +188,13 @@ pub(crate) fn release(df: &DataFrame, input: &ReleaseInput<'_>) -> Result<Releas
                 sum.0 += thin;
                 sum.1 += diff;
             }
+            if input.whole_table && input.withheld.iter().any(|p| p.top) && top.0 > 0 {
+                return Err(Error::refused(
+                    Rule::MinGroupSize,
+                    format!("this result would rest on fewer than {k} people, so it is not released; widen the filters"),
+                    Some(input.span),
+                ));
+            }
             // A group that singles out 1 to k-1 people (filters removed or
             // touched them, a UNION ALL branch or a level of a correlated
             // column holds them) refuses the statement: withholding just
@@ -199,13 +206,6 @@ pub(crate) fn release(df: &DataFrame, input: &ReleaseInput<'_>) -> Result<Releas
                     format!(
                         "in at least one group, the filters (or a UNION ALL branch, or one level of a column inside CORR/COVAR_SAMP) single out fewer than {k} people, so the result could be compared with another to learn about them; widen or drop the filter, or group more coarsely"
                     ),
-                    Some(input.span),
-                ));
-            }
-            if input.whole_table && input.withheld.iter().any(|p| p.top) && top.0 > 0 {
-                return Err(Error::refused(
-                    Rule::MinGroupSize,
-                    format!("this result would rest on fewer than {k} people, so it is not released; widen the filters"),
                     Some(input.span),
                 ));
             }

@@ -65,7 +65,7 @@ pub const SIGNIFICANT_DIGITS: usize = 6;
 pub const POINT: &str = "__sd_point";
 /// Result column of a withheld-point row: groups withheld as thin.
 pub const WITHHELD_THIN: &str = "__sd_withheld_thin";
-/// Result column of a withheld-point row: groups withheld by the differencing rule (and not thin).
+/// Result column of a withheld-point row: groups that single out 1..k-1 people (the release refuses the statement).
 pub const WITHHELD_DIFF: &str = "__sd_withheld_diff";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -245,18 +245,13 @@ impl Lowerer {
                     nulls_last.push(true);
                 }
             }
-            let options = pl::SortMultipleOptions::default()
-                .with_order_descending_multi(descending)
-                .with_nulls_last_multi(nulls_last)
-                .with_maintain_order(true);
+            let options =
+                pl::SortMultipleOptions::default().with_order_descending_multi(descending).with_nulls_last_multi(nulls_last).with_maintain_order(true);
             rel.lf = rel.lf.sort_by_exprs(by, options);
         }
         if limited {
             if row_level {
-                return Err(unsupported(
-                    "LIMIT/OFFSET on rows of a protected table inside a query",
-                    "limit the aggregated result instead",
-                ));
+                return Err(unsupported("LIMIT/OFFSET on rows of a protected table inside a query", "limit the aggregated result instead"));
             }
             let offset = q.offset.unwrap_or(0).min(i64::MAX as u64) as i64;
             let len = q.limit.unwrap_or(u64::from(pl::IdxSize::MAX)).min(u64::from(pl::IdxSize::MAX)) as pl::IdxSize;
@@ -264,12 +259,12 @@ impl Lowerer {
         }
         // Drop sort-only helper columns.
         if let SetExpr::Select(s) = &q.body
-            && s.projection.iter().any(|i| i.sort_only) {
-                let mut keep: Vec<PExpr> =
-                    s.projection.iter().enumerate().filter(|(_, i)| !i.sort_only).map(|(i, _)| col(output_column(i))).collect();
-                keep.extend(internal_columns(&rel));
-                rel.lf = rel.lf.select(keep);
-            }
+            && s.projection.iter().any(|i| i.sort_only)
+        {
+            let mut keep: Vec<PExpr> = s.projection.iter().enumerate().filter(|(_, i)| !i.sort_only).map(|(i, _)| col(output_column(i))).collect();
+            keep.extend(internal_columns(&rel));
+            rel.lf = rel.lf.select(keep);
+        }
         Ok(rel)
     }
 
@@ -292,8 +287,7 @@ impl Lowerer {
                     return Err(unsupported("UNION (distinct) on protected data", "use UNION ALL"));
                 }
                 let keep = l.keep || r.keep;
-                let units: Vec<(String, u64)> =
-                    l.units.iter().zip(&r.units).enumerate().map(|(i, (a, b))| (format!("__u{i}"), a.1.max(b.1))).collect();
+                let units: Vec<(String, u64)> = l.units.iter().zip(&r.units).enumerate().map(|(i, (a, b))| (format!("__u{i}"), a.1.max(b.1))).collect();
                 // Each branch's people are counted apart (see `aggregate`):
                 // its rows are tagged with their branch, numbered left to right.
                 let branches = if protected { l.branches + r.branches } else { 1 };
@@ -403,6 +397,8 @@ impl Lowerer {
         // Counts of people kept (indices into `counts`) that have an
         // unfiltered twin `__all{i}`: removed = all - kept.
         let mut removed: Vec<usize> = Vec::new();
+        // Per unit, the index of the group's own count of people kept.
+        let mut group_counts: Vec<usize> = Vec::new();
         if protected {
             // Adds a people count as the aggregation column `__c{i}`; returns i.
             let mut push = |aggs: &mut Vec<PExpr>, e: PExpr, rule: Rule, k: u64| -> usize {
@@ -434,6 +430,9 @@ impl Lowerer {
                         (None, None) => None,
                     };
                     let i = push(&mut aggs, rel.people.count(unit, kept), Rule::AtLeastK, k);
+                    if feed.is_none() {
+                        group_counts.push(i);
+                    }
                     if let Some(kp) = &keep {
                         aggs.push(rel.people.count(unit, feed.clone()).alias(format!("__all{i}")));
                         push(&mut aggs, rel.people.count(unit, Some(within(kp.clone().not()))), Rule::NoneOrAtLeastK, k);
@@ -506,6 +505,18 @@ impl Lowerer {
                     diff = diff.or(gone.clone().gt(lit(0i64)).and(gone.lt(k)));
                 }
             }
+            // A group that is thin even before the filters (fewer than k
+            // people on all its rows) is withheld by any query, filtered
+            // or not: singling out inside it tells nothing. Any other group
+            // that singles people out refuses the statement, also when the
+            // filters bring it below k (its being withheld would then name
+            // it, next to the unfiltered query that releases it).
+            let mut thin_unfiltered = lit(false);
+            for (&i, (_, k)) in group_counts.iter().zip(&rel.units) {
+                let all = if keep.is_some() { col(format!("__all{i}")) } else { col(format!("__c{i}")) };
+                thin_unfiltered = thin_unfiltered.or(all.lt(lit(*k as i64)));
+            }
+            let diff = diff.and(thin.clone().and(thin_unfiltered).not());
             // A missing verdict withholds (fail closed).
             let thin = pl::coalesce(&[thin, lit(true)]);
             let diff = pl::coalesce(&[diff, lit(true)]);
@@ -543,10 +554,9 @@ impl Lowerer {
             // The withheld point: count the flagged groups, then drop them,
             // before DISTINCT (which would merge them) and before anything
             // that post-processes this result.
-            let counted = lf.clone().select([
-                col(THIN_FLAG).sum().cast(DataType::Int64).alias(WITHHELD_THIN),
-                col(DIFF_FLAG).and(col(THIN_FLAG).not()).sum().cast(DataType::Int64).alias(WITHHELD_DIFF),
-            ]);
+            let counted = lf
+                .clone()
+                .select([col(THIN_FLAG).sum().cast(DataType::Int64).alias(WITHHELD_THIN), col(DIFF_FLAG).sum().cast(DataType::Int64).alias(WITHHELD_DIFF)]);
             self.points.borrow_mut().push((counted, WithheldPoint { top: direct }));
             let out: Vec<PExpr> = (0..s.projection.len()).map(|i| col(output_column(i))).collect();
             lf = lf.filter(col(THIN_FLAG).or(col(DIFF_FLAG)).not()).select(out);
@@ -663,14 +673,13 @@ impl Lowerer {
         let mut cols = Vec::new();
         for (i, c) in table.columns.iter().enumerate() {
             let mut e = col(c.name.as_str()).cast(c.ty.to_polars());
-            if protected
-                && let Some((lo, hi)) = c.bounds {
-                    // Clamp so no single person can dominate a sum.
-                    e = match c.ty {
-                        SqlType::Integer => e.clip(lit(lo.ceil() as i64), lit(hi.floor() as i64)),
-                        _ => e.clip(lit(lo), lit(hi)),
-                    };
-                }
+            if protected && let Some((lo, hi)) = c.bounds {
+                // Clamp so no single person can dominate a sum.
+                e = match c.ty {
+                    SqlType::Integer => e.clip(lit(lo.ceil() as i64), lit(hi.floor() as i64)),
+                    _ => e.clip(lit(lo), lit(hi)),
+                };
+            }
             cols.push(e.alias(leaf_column(slot, i)));
         }
         let mut units = Vec::new();
