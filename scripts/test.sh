@@ -5,9 +5,15 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/env.sh
 
+echo "== cargo fmt --check"
+cargo fmt --all --check
+
 echo "== cargo test (workspace)"
 cargo build --workspace --bins
 cargo test --workspace --no-fail-fast
+
+echo "== cargo clippy (warnings are errors)"
+cargo clippy --workspace --all-targets -- -D warnings
 
 echo "== python tests"
 export SAFE_DATA_BIN="$PWD/target/debug/safe-data"

@@ -123,8 +123,15 @@ pub fn write_demo(dir: &Path, patients: usize) -> Result<(), String> {
         for (slot, v) in cols.iter_mut().zip([diabetes, hypertension, i32::from(obese), asthma, copd, ckd, immuno, smoker]) {
             slot.push(v);
         }
-        let risk = 0.9 * age_z + 0.5 * diabetes as f64 + 0.3 * hypertension as f64 + 0.4 * i32::from(obese) as f64 + 0.6 * copd as f64
-            + 0.8 * ckd as f64 + 0.7 * immuno as f64 + 0.2 * smoker as f64 + if female { -0.3 } else { 0.0 };
+        let risk = 0.9 * age_z
+            + 0.5 * diabetes as f64
+            + 0.3 * hypertension as f64
+            + 0.4 * i32::from(obese) as f64
+            + 0.6 * copd as f64
+            + 0.8 * ckd as f64
+            + 0.7 * immuno as f64
+            + 0.2 * smoker as f64
+            + if female { -0.3 } else { 0.0 };
         let pn = p(-0.9 + 0.8 * risk, &mut rng);
         let in_icu = p(-2.8 + 0.7 * risk + 1.2 * pn as f64, &mut rng);
         let tube = if in_icu == 1 { p(-0.4 + 0.5 * risk, &mut rng) } else { 0 };
@@ -138,9 +145,7 @@ pub fn write_demo(dir: &Path, patients: usize) -> Result<(), String> {
         stay.push(length as i64);
     }
 
-    let date = |name: &str, v: Vec<i32>| -> Result<Column, String> {
-        Column::new(name.into(), v).cast(&DataType::Date).map_err(to_err)
-    };
+    let date = |name: &str, v: Vec<i32>| -> Result<Column, String> { Column::new(name.into(), v).cast(&DataType::Date).map_err(to_err) };
     let flag_names = ["diabetes", "hypertension", "obesity", "asthma", "copd", "ckd", "immunosuppressed", "smoker"];
     let mut columns = vec![
         Column::new("patient_id".into(), &patient_id),

@@ -30,9 +30,8 @@ impl History {
     pub fn open(state_dir: &Path, user: &str) -> History {
         let dir = state_dir.join("history");
         let path = dir.join(format!("{}.jsonl", safe_file_name(user)));
-        let entries: Vec<Entry> = std::fs::read_to_string(&path)
-            .map(|text| text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect())
-            .unwrap_or_default();
+        let entries: Vec<Entry> =
+            std::fs::read_to_string(&path).map(|text| text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect()).unwrap_or_default();
         let session = entries.iter().map(|e| e.session).max().unwrap_or(0) + 1;
         if let Err(e) = std::fs::create_dir_all(&dir) {
             tracing::warn!("cannot create the history folder: {e}");
@@ -61,10 +60,7 @@ impl History {
     /// `session` 0 is the current one, negative counts back from it.
     pub fn range(&self, session: i64, start: u64, stop: Option<u64>) -> Vec<&Entry> {
         let s = if session <= 0 { self.session as i64 + session } else { session };
-        self.entries
-            .iter()
-            .filter(|e| e.session as i64 == s && e.line >= start && stop.is_none_or(|stop| e.line < stop))
-            .collect()
+        self.entries.iter().filter(|e| e.session as i64 == s && e.line >= start && stop.is_none_or(|stop| e.line < stop)).collect()
     }
 
     /// Glob search (`*` and `?`), newest last; `unique` drops repeated sources.

@@ -21,9 +21,10 @@ fn python_prefix() -> Result<PathBuf, String> {
     }
     for python in ["python3", "python"] {
         if let Ok(out) = std::process::Command::new(python).args(["-c", "import sys; print(sys.prefix)"]).output()
-            && out.status.success() {
-                return Ok(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()));
-            }
+            && out.status.success()
+        {
+            return Ok(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()));
+        }
     }
     Err("--sys-prefix needs an active Python environment (VIRTUAL_ENV) or python3 on PATH; use --prefix instead".into())
 }

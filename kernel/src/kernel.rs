@@ -218,11 +218,12 @@ impl Endpoints {
         };
         made.map_err(|e| KernelError::Bind { endpoint: dir.display().to_string(), message: e.to_string() })?;
         let mut inner = Vec::new();
-        for (name, port) in [("shell", info.shell_port), ("control", info.control_port), ("stdin", info.stdin_port), ("iopub", info.iopub_port), ("hb", info.hb_port)] {
+        for (name, port) in
+            [("shell", info.shell_port), ("control", info.control_port), ("stdin", info.stdin_port), ("iopub", info.iopub_port), ("hb", info.hb_port)]
+        {
             let public = format!("{}:{port}", info.ip);
-            let listener = tokio::net::TcpListener::bind(&public)
-                .await
-                .map_err(|e| KernelError::Bind { endpoint: format!("tcp://{public}"), message: e.to_string() })?;
+            let listener =
+                tokio::net::TcpListener::bind(&public).await.map_err(|e| KernelError::Bind { endpoint: format!("tcp://{public}"), message: e.to_string() })?;
             let path = dir.join(name);
             tokio::spawn(crate::frame_guard::serve(listener, path.clone(), max_message));
             inner.push(format!("ipc://{}", path.display()));
@@ -313,9 +314,10 @@ async fn heartbeat_loop(hb: RouterSocket) {
 async fn iopub_loop(mut socket: PubSocket, mut rx: mpsc::UnboundedReceiver<Frames>) {
     while let Some(frames) = rx.recv().await {
         if let Some(m) = to_zmq(frames)
-            && let Err(e) = socket.send(m).await {
-                tracing::warn!("iopub send: {e}");
-            }
+            && let Err(e) = socket.send(m).await
+        {
+            tracing::warn!("iopub send: {e}");
+        }
     }
 }
 
@@ -460,12 +462,7 @@ fn handle_request(shared: &Shared, msg: &Message, out: &mpsc::UnboundedSender<Fr
         }
         other => {
             if let Some(prefix) = other.strip_suffix("_request") {
-                shared.reply(
-                    msg,
-                    out,
-                    &format!("{prefix}_reply"),
-                    error_content("UnknownMessageType", &format!("Safe Data does not handle `{other}`"), &[]),
-                );
+                shared.reply(msg, out, &format!("{prefix}_reply"), error_content("UnknownMessageType", &format!("Safe Data does not handle `{other}`"), &[]));
             } else {
                 tracing::info!("ignoring message of type {other}");
             }
@@ -522,17 +519,11 @@ fn history_reply(shared: &Shared, c: &Value) -> Value {
             c.get("start").and_then(Value::as_u64).unwrap_or(0),
             c.get("stop").and_then(Value::as_u64),
         ),
-        "search" => h.search(
-            c.get("pattern").and_then(Value::as_str).unwrap_or("*"),
-            n,
-            c.get("unique").and_then(Value::as_bool).unwrap_or(false),
-        ),
+        "search" => h.search(c.get("pattern").and_then(Value::as_str).unwrap_or("*"), n, c.get("unique").and_then(Value::as_bool).unwrap_or(false)),
         _ => h.tail(n.unwrap_or(10)),
     };
-    let history: Vec<Value> = entries
-        .iter()
-        .map(|e| if output { json!([e.session, e.line, [e.source, null]]) } else { json!([e.session, e.line, e.source]) })
-        .collect();
+    let history: Vec<Value> =
+        entries.iter().map(|e| if output { json!([e.session, e.line, [e.source, null]]) } else { json!([e.session, e.line, e.source]) }).collect();
     json!({"status": "ok", "history": history})
 }
 

@@ -10,8 +10,8 @@
 //! aborts a Rust process, which would end the kernel, not the query).
 
 use std::alloc::{GlobalAlloc, Layout};
-use tikv_jemallocator::Jemalloc as Inner;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use tikv_jemallocator::Jemalloc as Inner;
 
 static IN_USE: AtomicUsize = AtomicUsize::new(0);
 
@@ -106,9 +106,10 @@ pub fn map_binary_sparsely() {
             let perms = parts.next().unwrap_or("");
             let path = parts.nth(3);
             if path == Some(exe.as_ref())
-                && let (Ok(start), Ok(end)) = (usize::from_str_radix(start, 16), usize::from_str_radix(end, 16)) {
-                    current = Some((start, end, !perms.contains('w')));
-                }
+                && let (Ok(start), Ok(end)) = (usize::from_str_radix(start, 16), usize::from_str_radix(end, 16))
+            {
+                current = Some((start, end, !perms.contains('w')));
+            }
         } else if let Some(m) = current.as_mut() {
             let dirty = matches!(first, "Private_Dirty:" | "Shared_Dirty:" | "Anonymous:") && parts.next().is_some_and(|kb| kb != "0");
             if dirty {

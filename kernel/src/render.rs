@@ -27,11 +27,8 @@ pub fn text(r: &Released) -> String {
     }
     let cols = r.columns();
     let cells: Vec<Vec<String>> = r.rows().iter().map(|row| row.iter().map(cell_text).collect()).collect();
-    let widths: Vec<usize> = cols
-        .iter()
-        .enumerate()
-        .map(|(i, c)| cells.iter().map(|row| row[i].chars().count()).chain([c.name.chars().count()]).max().unwrap_or(0))
-        .collect();
+    let widths: Vec<usize> =
+        cols.iter().enumerate().map(|(i, c)| cells.iter().map(|row| row[i].chars().count()).chain([c.name.chars().count()]).max().unwrap_or(0)).collect();
     let pad = |s: &str, w: usize, right: bool| {
         let n = w.saturating_sub(s.chars().count());
         if right { format!("{}{s}", " ".repeat(n)) } else { format!("{s}{}", " ".repeat(n)) }
@@ -181,10 +178,7 @@ fn table_schema_type(ty: SqlType) -> &'static str {
 /// The rows as JSON objects keyed by column name (a data resource's
 /// `data`, a chart's `values`).
 pub fn records(r: &Released) -> Vec<Json> {
-    r.rows()
-        .iter()
-        .map(|row| Json::Object(r.columns().iter().zip(row).map(|(c, v)| (c.name.clone(), v.to_json())).collect()))
-        .collect()
+    r.rows().iter().map(|row| Json::Object(r.columns().iter().zip(row).map(|(c, v)| (c.name.clone(), v.to_json())).collect())).collect()
 }
 
 /// `application/vnd.dataresource+json` (Table Schema + records).

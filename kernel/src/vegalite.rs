@@ -127,11 +127,7 @@ fn bin_notes(rows: &BinRows<'_>) -> Vec<String> {
             listed.push(format!("and {} more", rows.missing.len() - LISTED));
         }
         let m = rows.missing.len();
-        notes.push(format!(
-            "{m} bin{} withheld (empty or fewer than {k} people), drawn as grey bands: {}",
-            if m == 1 { "" } else { "s" },
-            listed.join(", ")
-        ));
+        notes.push(format!("{m} bin{} withheld (empty or fewer than {k} people), drawn as grey bands: {}", if m == 1 { "" } else { "s" }, listed.join(", ")));
     }
     let (lo, hi) = (edges.first().copied().unwrap_or(0.0), edges.last().copied().unwrap_or(0.0));
     let mut apart = Vec::new();
@@ -265,7 +261,8 @@ pub fn spec(r: &Released, chart: &Chart) -> Json {
     }
     // Labels read horizontally unless they are many or long.
     let categories = r.rows().len();
-    let longest = r.rows().iter().filter_map(|row| column_of(r, &chart.x.field).and_then(|i| row.get(i))).map(|v| v.to_text().chars().count()).max().unwrap_or(0);
+    let longest =
+        r.rows().iter().filter_map(|row| column_of(r, &chart.x.field).and_then(|i| row.get(i))).map(|v| v.to_text().chars().count()).max().unwrap_or(0);
     if let Some(x) = encoding.get_mut("x") {
         let discrete = x["type"] == "nominal" || x["type"] == "ordinal";
         if discrete {

@@ -156,9 +156,10 @@ impl ReplayGuard {
         }
         self.order.push_back(hash);
         if self.order.len() > self.capacity
-            && let Some(old) = self.order.pop_front() {
-                self.seen.remove(&old);
-            }
+            && let Some(old) = self.order.pop_front()
+        {
+            self.seen.remove(&old);
+        }
         true
     }
 }

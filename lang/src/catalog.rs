@@ -31,9 +31,15 @@ pub struct Column {
 enum Source {
     Parquet(PathBuf),
     /// A CSV source converted once to Arrow IPC in `state_dir/cache`.
-    Ipc { csv: PathBuf, ipc: PathBuf },
+    Ipc {
+        csv: PathBuf,
+        ipc: PathBuf,
+    },
     /// Parsed once per kernel and kept in memory.
-    Csv { path: PathBuf, frame: OnceLock<std::result::Result<DataFrame, String>> },
+    Csv {
+        path: PathBuf,
+        frame: OnceLock<std::result::Result<DataFrame, String>>,
+    },
 }
 
 /// Whether a column's values repeat, as the lowering needs to know it.
@@ -61,9 +67,7 @@ impl Uniqueness {
     }
 
     fn parse(text: &str) -> Option<Uniqueness> {
-        [Uniqueness::Key, Uniqueness::UniqueWithNulls, Uniqueness::RepeatsComplete, Uniqueness::Repeats]
-            .into_iter()
-            .find(|u| u.as_str() == text)
+        [Uniqueness::Key, Uniqueness::UniqueWithNulls, Uniqueness::RepeatsComplete, Uniqueness::Repeats].into_iter().find(|u| u.as_str() == text)
     }
 }
 
@@ -132,8 +136,7 @@ impl Table {
         if let Some(&verdict) = known.get(name) {
             return verdict;
         }
-        let cache = source_version(self.source_path(), &(&self.name, name))
-            .map(|v| self.cache_dir.join(format!("{}-{v:016x}.unique", self.name)));
+        let cache = source_version(self.source_path(), &(&self.name, name)).map(|v| self.cache_dir.join(format!("{}-{v:016x}.unique", self.name)));
         let cached = cache.as_ref().and_then(|p| std::fs::read_to_string(p).ok()).and_then(|text| Uniqueness::parse(text.trim()));
         let verdict = match cached {
             Some(verdict) => verdict,
@@ -179,8 +182,7 @@ impl Table {
         match &self.source {
             Source::Parquet(path) => {
                 let p = PlRefPath::try_from_path(path).map_err(|_| generic("the path is not valid"))?;
-                LazyFrame::scan_parquet(p, parquet_args())
-                    .map_err(|_| generic("the Parquet file could not be opened"))
+                LazyFrame::scan_parquet(p, parquet_args()).map_err(|_| generic("the Parquet file could not be opened"))
             }
             Source::Ipc { ipc, .. } => {
                 let p = PlRefPath::try_from_path(ipc).map_err(|_| generic("the path is not valid"))?;
@@ -188,10 +190,7 @@ impl Table {
             }
             Source::Csv { path, frame } => {
                 let loaded = frame.get_or_init(|| {
-                    csv_reader(path)
-                        .and_then(|r| r.finish())
-                        .and_then(|lf| lf.collect())
-                        .map_err(|_| "the CSV file could not be parsed".to_string())
+                    csv_reader(path).and_then(|r| r.finish()).and_then(|lf| lf.collect()).map_err(|_| "the CSV file could not be parsed".to_string())
                 });
                 match loaded {
                     Ok(df) => Ok(df.clone().lazy()),
@@ -250,11 +249,7 @@ fn csv_reader(path: &Path) -> PolarsResult<LazyCsvReader> {
 
 fn source_schema(path: &Path) -> PolarsResult<SchemaRef> {
     let is_csv = path.extension().is_some_and(|e| e.eq_ignore_ascii_case("csv"));
-    let mut lf = if is_csv {
-        csv_reader(path)?.finish()?
-    } else {
-        LazyFrame::scan_parquet(PlRefPath::try_from_path(path)?, parquet_args())?
-    };
+    let mut lf = if is_csv { csv_reader(path)?.finish()? } else { LazyFrame::scan_parquet(PlRefPath::try_from_path(path)?, parquet_args())? };
     lf.collect_schema()
 }
 
@@ -293,47 +288,45 @@ fn open_table(config: &Config, t: &TableConfig) -> Result<Table> {
     let is_csv = t.source.extension().is_some_and(|e| e.eq_ignore_ascii_case("csv"));
     let ipc = if is_csv { cached_ipc(&t.source, &t.name, &config.server.state_dir.join("cache")) } else { None };
     let schema = match &ipc {
-        Some(path) => PlRefPath::try_from_path(path)
-            .and_then(|p| LazyFrame::scan_ipc(p, IpcScanOptions::default(), ipc_args()))
-            .and_then(|mut lf| lf.collect_schema()),
+        Some(path) => {
+            PlRefPath::try_from_path(path).and_then(|p| LazyFrame::scan_ipc(p, IpcScanOptions::default(), ipc_args())).and_then(|mut lf| lf.collect_schema())
+        }
         None => source_schema(&t.source),
     };
     let schema = schema.map_err(|_| {
-        config.error_at(t.line, format!(
-            "table `{}`: cannot read the schema of {}; is it a valid {} file?",
-            t.name,
-            t.source.display(),
-            if t.source.extension().is_some_and(|e| e.eq_ignore_ascii_case("csv")) { "CSV" } else { "Parquet" }
-        ))
+        config.error_at(
+            t.line,
+            format!(
+                "table `{}`: cannot read the schema of {}; is it a valid {} file?",
+                t.name,
+                t.source.display(),
+                if t.source.extension().is_some_and(|e| e.eq_ignore_ascii_case("csv")) { "CSV" } else { "Parquet" }
+            ),
+        )
     })?;
     let names: Vec<String> = schema.iter_names().map(|n| n.to_string()).collect();
     let known = |col: &str| names.iter().any(|n| n == col);
     let list = names.join(", ");
     for (col, c) in &t.columns {
         if !known(col) {
-            return Err(config.error_at(c.line, format!(
-                "table `{}` has no column `{col}`; its source has: {list}", t.name
-            )));
+            return Err(config.error_at(c.line, format!("table `{}` has no column `{col}`; its source has: {list}", t.name)));
         }
     }
     if let Some(unit) = &t.privacy_unit
-        && !known(unit) {
-            return Err(config.error_at(t.line, format!(
-                "table `{}`: privacy_unit `{unit}` is not a column; its source has: {list}", t.name
-            )));
-        }
+        && !known(unit)
+    {
+        return Err(config.error_at(t.line, format!("table `{}`: privacy_unit `{unit}` is not a column; its source has: {list}", t.name)));
+    }
     for key in &t.join_keys {
         if !known(key) {
-            return Err(config.error_at(t.line, format!(
-                "table `{}`: join key `{key}` is not a column; its source has: {list}", t.name
-            )));
+            return Err(config.error_at(t.line, format!("table `{}`: join key `{key}` is not a column; its source has: {list}", t.name)));
         }
         let role = t.columns.get(key).map(|c| c.role);
         if !t.public && !matches!(role, Some(Role::Identifier | Role::Dimension)) {
-            return Err(config.error_at(t.line, format!(
-                "table `{}`: join key `{key}` must be listed as an identifier or dimension column, e.g. {key} = {{ role = \"identifier\" }}",
-                t.name
-            )));
+            return Err(config.error_at(
+                t.line,
+                format!("table `{}`: join key `{key}` must be listed as an identifier or dimension column, e.g. {key} = {{ role = \"identifier\" }}", t.name),
+            ));
         }
     }
     let mut columns = Vec::new();
@@ -350,19 +343,19 @@ fn open_table(config: &Config, t: &TableConfig) -> Result<Table> {
         }
         let Some(ty) = SqlType::from_polars(dtype) else {
             if listed.is_some() {
-                return Err(config.error_at(listed.map(|c| c.line).unwrap_or(t.line), format!(
-                    "table `{}`: column `{name}` has type {dtype}, which Safe Data cannot expose; mark it hidden",
-                    t.name
-                )));
+                return Err(config.error_at(
+                    listed.map(|c| c.line).unwrap_or(t.line),
+                    format!("table `{}`: column `{name}` has type {dtype}, which Safe Data cannot expose; mark it hidden", t.name),
+                ));
             }
             continue;
         };
         if let Some(c) = listed
-            && c.bounds.is_some() && !ty.is_numeric() {
-                return Err(config.error_at(c.line, format!(
-                    "table `{}`: column `{name}` is {ty}; bounds only apply to numeric columns", t.name
-                )));
-            }
+            && c.bounds.is_some()
+            && !ty.is_numeric()
+        {
+            return Err(config.error_at(c.line, format!("table `{}`: column `{name}` is {ty}; bounds only apply to numeric columns", t.name)));
+        }
         columns.push(Column {
             name: name.to_string(),
             ty,

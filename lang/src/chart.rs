@@ -132,9 +132,7 @@ pub fn is_chart(text: &str) -> bool {
 /// non-ASCII character in the header).
 pub fn parse_header(text: &str) -> Result<(ChartSpec, String)> {
     let dialect = GenericDialect {};
-    let tokens = Tokenizer::new(&dialect, text)
-        .tokenize_with_location()
-        .map_err(|e| Error::Syntax { message: e.message.clone(), span: None })?;
+    let tokens = Tokenizer::new(&dialect, text).tokenize_with_location().map_err(|e| Error::Syntax { message: e.message.clone(), span: None })?;
     let index = LineIndex::new(text);
     let mut tokens = tokens.into_iter().filter(|t| !matches!(t.token, Token::Whitespace(_))).filter_map(|t| {
         let span = index.span(t.span)?;
@@ -149,8 +147,9 @@ pub fn parse_header(text: &str) -> Result<(ChartSpec, String)> {
     }
     let (kind_token, kind_span) = next();
     let kind = match &kind_token {
-        Token::Word(w) => ChartKind::from_name(&w.value)
-            .ok_or_else(|| Error::invalid(format!("unknown chart kind `{}`: use {kinds}", w.value), Some(kind_span)))?,
+        Token::Word(w) => {
+            ChartKind::from_name(&w.value).ok_or_else(|| Error::invalid(format!("unknown chart kind `{}`: use {kinds}", w.value), Some(kind_span)))?
+        }
         _ => return Err(Error::Syntax { message: format!("CHART needs a kind: {kinds}"), span: Some(kind_span) }),
     };
     let mut options: Vec<ChartOption> = Vec::new();
@@ -168,10 +167,7 @@ pub fn parse_header(text: &str) -> Result<(ChartSpec, String)> {
                 _ => return Err(Error::Syntax { message: "expected a chart option such as `x = region`".into(), span: Some(key_span) }),
             };
             if !kind.options().contains(&key.as_str()) {
-                return Err(Error::invalid(
-                    format!("{kind} charts have no option `{key}`; they take {}", kind.options().join(", ")),
-                    Some(key_span),
-                ));
+                return Err(Error::invalid(format!("{kind} charts have no option `{key}`; they take {}", kind.options().join(", ")), Some(key_span)));
             }
             if options.iter().any(|o| o.key == key) {
                 return Err(Error::invalid(format!("the option `{key}` is given twice"), Some(key_span)));
@@ -193,10 +189,7 @@ pub fn parse_header(text: &str) -> Result<(ChartSpec, String)> {
                     }
                 }
                 _ => {
-                    return Err(Error::Syntax {
-                        message: format!("expected a column name, a number or a 'text' for `{key}`"),
-                        span: Some(value_span),
-                    });
+                    return Err(Error::Syntax { message: format!("expected a column name, a number or a 'text' for `{key}`"), span: Some(value_span) });
                 }
             };
             options.push(ChartOption { key, value, span: key_span.union(value_span) });
@@ -228,10 +221,7 @@ pub fn parse_header(text: &str) -> Result<(ChartSpec, String)> {
 }
 
 fn parse_number(text: &str, span: Span) -> Result<f64> {
-    text.parse::<f64>()
-        .ok()
-        .filter(|x| x.is_finite())
-        .ok_or_else(|| Error::invalid("expected a finite number", Some(span)))
+    text.parse::<f64>().ok().filter(|x| x.is_finite()).ok_or_else(|| Error::invalid("expected a finite number", Some(span)))
 }
 
 /// How a released result is drawn: the kernel renders exactly this.
@@ -377,11 +367,7 @@ pub fn histogram_query(spec: &ChartSpec, bound: &Query) -> Result<(Query, Chart)
             s.projection.retain(|i| !i.sort_only);
         }
     }
-    let value = Expr {
-        kind: ExprKind::Column(ColumnRef { slot: 0, index: 0, qualifier: SOURCE.into(), name: column.name.clone() }),
-        ty: column.ty,
-        span,
-    };
+    let value = Expr { kind: ExprKind::Column(ColumnRef { slot: 0, index: 0, qualifier: SOURCE.into(), name: column.name.clone() }), ty: column.ty, span };
     let n = bins.count;
     let bucket = Expr {
         kind: ExprKind::Scalar {
@@ -392,11 +378,7 @@ pub fn histogram_query(spec: &ChartSpec, bound: &Query) -> Result<(Query, Chart)
         span,
     };
     let edges = EdgeFormula::new(&bins);
-    let when = |test: Expr, then: Expr| Expr {
-        kind: ExprKind::Case { whens: vec![(test, then)], otherwise: None },
-        ty: SqlType::Double,
-        span,
-    };
+    let when = |test: Expr, then: Expr| Expr { kind: ExprKind::Case { whens: vec![(test, then)], otherwise: None }, ty: SqlType::Double, span };
     // Bin i runs from edge i - 1 to edge i; bin 0 has no start, bin n + 1 no end.
     let start = when(
         binary(BinaryOp::GtEq, bucket.clone(), integer(1, span), SqlType::Boolean),
@@ -431,12 +413,7 @@ pub fn histogram_query(spec: &ChartSpec, bound: &Query) -> Result<(Query, Chart)
         color: None,
         title: spec.title()?.or_else(|| Some(format!("Histogram of {}", column.name))),
         x_title: Some(column.name.clone()),
-        bins: Some(HistogramBins {
-            field: BIN.into(),
-            count: n,
-            edges: (0..=n).map(|j| edges.value(n, j)).collect(),
-            min_group_size: strictest_k(bound),
-        }),
+        bins: Some(HistogramBins { field: BIN.into(), count: n, edges: (0..=n).map(|j| edges.value(n, j)).collect(), min_group_size: strictest_k(bound) }),
     };
     Ok((query, chart))
 }
@@ -493,12 +470,9 @@ impl EdgeFormula {
                 };
                 binary(BinaryOp::Div, numerator, integer(d, span), SqlType::Double)
             }
-            EdgeFormula::Float { min, width } => binary(
-                BinaryOp::Add,
-                double(min, span),
-                binary(BinaryOp::Mul, j, double(width, span), SqlType::Double),
-                SqlType::Double,
-            ),
+            EdgeFormula::Float { min, width } => {
+                binary(BinaryOp::Add, double(min, span), binary(BinaryOp::Mul, j, double(width, span), SqlType::Double), SqlType::Double)
+            }
         }
     }
 }
@@ -691,15 +665,7 @@ mod tests {
             let (q, chart) = rewrite(&catalog, "CHART HISTOGRAM (bins = 4, min = 20, max = 60) SELECT age FROM people").unwrap();
             assert_eq!(
                 run(&q),
-                vec![
-                    "bin_start|bin_end|count|bin",
-                    "NULL|20.0|1|0",
-                    "20.0|30.0|3|1",
-                    "30.0|40.0|3|2",
-                    "40.0|50.0|3|3",
-                    "50.0|60.0|1|4",
-                    "60.0|NULL|1|5",
-                ]
+                vec!["bin_start|bin_end|count|bin", "NULL|20.0|1|0", "20.0|30.0|3|1", "30.0|40.0|3|2", "40.0|50.0|3|3", "50.0|60.0|1|4", "60.0|NULL|1|5",]
             );
             let bins = chart.bins.unwrap();
             assert_eq!((bins.field.as_str(), bins.count, bins.min_group_size), ("bin", 4, None));

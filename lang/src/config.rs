@@ -143,11 +143,7 @@ pub struct ColumnConfig {
 fn default_max_memory_mb() -> u64 {
     let total_kb = std::fs::read_to_string("/proc/meminfo")
         .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("MemTotal:"))
-                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse::<u64>().ok()))
-        })
+        .and_then(|s| s.lines().find(|l| l.starts_with("MemTotal:")).and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse::<u64>().ok())))
         .unwrap_or(4 * 1024 * 1024);
     (total_kb / 1024 / 2).clamp(512, 8192)
 }
@@ -217,23 +213,21 @@ impl Config {
             let offset = spanned.span().start;
             let t = spanned.into_inner();
             if !is_identifier(&name) {
-                return Err(ctx.err(offset, format!(
-                    "table name `{name}` must be a plain identifier (letters, digits, underscores), e.g. [tables.patients]"
-                )));
+                return Err(ctx.err(offset, format!("table name `{name}` must be a plain identifier (letters, digits, underscores), e.g. [tables.patients]")));
             }
             let source = t.source.get_ref();
             let lower = source.to_ascii_lowercase();
             if !(lower.ends_with(".parquet") || lower.ends_with(".csv")) {
-                return Err(ctx.err(t.source.span().start, format!(
-                    "table `{name}`: source must be a .parquet or .csv file, e.g. source = \"data/{name}.parquet\""
-                )));
+                return Err(
+                    ctx.err(t.source.span().start, format!("table `{name}`: source must be a .parquet or .csv file, e.g. source = \"data/{name}.parquet\""))
+                );
             }
             let source_path = base.join(source);
             if !source_path.is_file() {
-                return Err(ctx.err(t.source.span().start, format!(
-                    "table `{name}`: source file {} does not exist (paths are relative to the configuration file)",
-                    source_path.display()
-                )));
+                return Err(ctx.err(
+                    t.source.span().start,
+                    format!("table `{name}`: source file {} does not exist (paths are relative to the configuration file)", source_path.display()),
+                ));
             }
             let mut columns = BTreeMap::new();
             for (col, spanned_col) in t.columns {
@@ -244,9 +238,10 @@ impl Config {
                     Some(b) => {
                         let v = b.get_ref();
                         if v.len() != 2 || !v.iter().all(|x| x.is_finite()) || v[0] > v[1] {
-                            return Err(ctx.err(b.span().start, format!(
-                                "column `{name}.{col}`: bounds must be two finite numbers [low, high] with low <= high, e.g. bounds = [0, 120]"
-                            )));
+                            return Err(ctx.err(
+                                b.span().start,
+                                format!("column `{name}.{col}`: bounds must be two finite numbers [low, high] with low <= high, e.g. bounds = [0, 120]"),
+                            ));
                         }
                         Some((v[0], v[1]))
                     }
@@ -254,31 +249,23 @@ impl Config {
                 let mut aggregates = Vec::new();
                 for a in &c.aggregates {
                     let f = AggFunc::from_config_name(a.get_ref()).ok_or_else(|| {
-                        ctx.err(a.span().start, format!(
-                            "column `{name}.{col}`: unknown aggregate `{}`; write one of {}",
-                            a.get_ref(),
-                            AggFunc::CONFIG_NAMES.join(", ")
-                        ))
+                        ctx.err(
+                            a.span().start,
+                            format!("column `{name}.{col}`: unknown aggregate `{}`; write one of {}", a.get_ref(), AggFunc::CONFIG_NAMES.join(", ")),
+                        )
                     })?;
                     aggregates.push(f);
                 }
                 if !aggregates.is_empty() && !matches!(c.role, Role::Measure | Role::Dimension) {
-                    return Err(ctx.err(col_offset, format!(
-                        "column `{name}.{col}`: `aggregates` only applies to measure and dimension columns"
-                    )));
+                    return Err(ctx.err(col_offset, format!("column `{name}.{col}`: `aggregates` only applies to measure and dimension columns")));
                 }
-                columns.insert(col, ColumnConfig {
-                    role: c.role,
-                    bounds,
-                    aggregates,
-                    description: c.description,
-                    line: ctx.line_of(col_offset),
-                });
+                columns.insert(col, ColumnConfig { role: c.role, bounds, aggregates, description: c.description, line: ctx.line_of(col_offset) });
             }
             if !t.public && t.privacy_unit.is_none() {
-                return Err(ctx.err(offset, format!(
-                    "table `{name}` needs `privacy_unit = \"<column that identifies a person>\"`, or `public = true` for a reference table"
-                )));
+                return Err(ctx.err(
+                    offset,
+                    format!("table `{name}` needs `privacy_unit = \"<column that identifies a person>\"`, or `public = true` for a reference table"),
+                ));
             }
             let min_group_size = ctx.positive(&t.min_group_size, "min_group_size", min_group_size)?;
             tables.push(TableConfig {
@@ -294,11 +281,7 @@ impl Config {
             });
         }
         if tables.is_empty() {
-            return Err(Error::Config {
-                file: ctx.file.clone(),
-                line: 0,
-                message: "no tables: add a [tables.<name>] section with a `source`".into(),
-            });
+            return Err(Error::Config { file: ctx.file.clone(), line: 0, message: "no tables: add a [tables.<name>] section with a `source`".into() });
         }
         Ok(Config { path: path.to_path_buf(), server, min_group_size, tables })
     }
@@ -311,8 +294,7 @@ impl Config {
 
 pub(crate) fn is_identifier(s: &str) -> bool {
     let mut chars = s.chars();
-    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
-        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_') && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
 #[cfg(test)]
@@ -352,7 +334,8 @@ mod tests {
     #[test]
     fn bad_bounds_and_missing_source_and_unit() {
         let d = tmp("bad");
-        let err = parse_in(&d, "[tables.t]\nsource = \"t.csv\"\nprivacy_unit = \"id\"\n[tables.t.columns]\nage = { role = \"measure\", bounds = [5, 1] }\n").unwrap_err();
+        let err = parse_in(&d, "[tables.t]\nsource = \"t.csv\"\nprivacy_unit = \"id\"\n[tables.t.columns]\nage = { role = \"measure\", bounds = [5, 1] }\n")
+            .unwrap_err();
         assert!(err.to_string().contains(":5:") && err.to_string().contains("bounds"), "{err}");
         let err = parse_in(&d, "[tables.t]\nsource = \"nope.csv\"\nprivacy_unit = \"id\"\n").unwrap_err();
         assert!(err.to_string().contains("does not exist"), "{err}");
@@ -360,7 +343,9 @@ mod tests {
         assert!(err.to_string().contains("privacy_unit"), "{err}");
         let err = parse_in(&d, "[tables.t]\nsource = \"t.csv\"\nprivacy_unit = \"id\"\n[tables.t.columns]\nage = { role = \"boss\" }\n").unwrap_err();
         assert!(err.to_string().contains("identifier"), "{err}");
-        let err = parse_in(&d, "[tables.t]\nsource = \"t.csv\"\nprivacy_unit = \"id\"\n[tables.t.columns]\nage = { role = \"measure\", aggregates = [\"mode\"] }\n").unwrap_err();
+        let err =
+            parse_in(&d, "[tables.t]\nsource = \"t.csv\"\nprivacy_unit = \"id\"\n[tables.t.columns]\nage = { role = \"measure\", aggregates = [\"mode\"] }\n")
+                .unwrap_err();
         assert!(err.to_string().contains("median"), "{err}");
     }
 }

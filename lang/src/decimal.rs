@@ -350,9 +350,7 @@ impl Edges {
         (0..=self.n)
             .map(|i| {
                 let edge = self.times_n(i);
-                let at_or_above = |k: i128| {
-                    k == high || Decimal::of_i64(k as i64).cmp_scaled(i64::from(self.n), &edge) != Ordering::Less
-                };
+                let at_or_above = |k: i128| k == high || Decimal::of_i64(k as i64).cmp_scaled(i64::from(self.n), &edge) != Ordering::Less;
                 let g = guess(i);
                 let g = if g.is_finite() { g.clamp(i64::MIN as f64, i64::MAX as f64) as i128 } else { 0 };
                 least(g, low, high, at_or_above)

@@ -146,24 +146,19 @@ fn collect_once(frame: LazyFrame, cancel: &CancelFlag, limits: Limits) -> Result
     let started = Instant::now();
     let (tx, rx) = std::sync::mpsc::channel();
     RUNNING.fetch_add(1, Ordering::SeqCst);
-    let spawned = std::thread::Builder::new()
-        .name("safe-data-query".into())
-        .stack_size(64 << 20)
-        .spawn(move || {
-            let run = std::panic::AssertUnwindSafe(|| {
-                frame.collect_with_engine(polars::prelude::Engine::Streaming).map(|r| r.unwrap_single())
-            });
-            let result = if ABORTS.get().is_some() {
-                match polars::error::abort::catch_polars_abort(|| std::panic::catch_unwind(run)) {
-                    Ok(r) => r.map(Some),
-                    Err(_aborted) => Ok(None),
-                }
-            } else {
-                std::panic::catch_unwind(run).map(Some)
-            };
-            RUNNING.fetch_sub(1, Ordering::SeqCst);
-            let _ = tx.send(result);
-        });
+    let spawned = std::thread::Builder::new().name("safe-data-query".into()).stack_size(64 << 20).spawn(move || {
+        let run = std::panic::AssertUnwindSafe(|| frame.collect_with_engine(polars::prelude::Engine::Streaming).map(|r| r.unwrap_single()));
+        let result = if ABORTS.get().is_some() {
+            match polars::error::abort::catch_polars_abort(|| std::panic::catch_unwind(run)) {
+                Ok(r) => r.map(Some),
+                Err(_aborted) => Ok(None),
+            }
+        } else {
+            std::panic::catch_unwind(run).map(Some)
+        };
+        RUNNING.fetch_sub(1, Ordering::SeqCst);
+        let _ = tx.send(result);
+    });
     if spawned.is_err() {
         RUNNING.fetch_sub(1, Ordering::SeqCst);
         return Err(Error::Engine("cannot start the query thread".into()));
@@ -361,13 +356,7 @@ pub fn rows_of(df: &DataFrame, types: &[SqlType], row_indices: &[usize]) -> Vec<
     let columns = df.columns();
     row_indices
         .iter()
-        .map(|&r| {
-            types
-                .iter()
-                .enumerate()
-                .map(|(c, ty)| columns[c].get(r).map(|v| Value::from_any(&v, *ty)).unwrap_or(Value::Null))
-                .collect()
-        })
+        .map(|&r| types.iter().enumerate().map(|(c, ty)| columns[c].get(r).map(|v| Value::from_any(&v, *ty)).unwrap_or(Value::Null)).collect())
         .collect()
 }
 

@@ -30,7 +30,12 @@ pub struct Query {
 pub enum SetExpr {
     Select(Box<Select>),
     /// `left UNION [ALL] right`; columns line up by position.
-    Union { left: Box<SetExpr>, right: Box<SetExpr>, all: bool, span: Span },
+    Union {
+        left: Box<SetExpr>,
+        right: Box<SetExpr>,
+        all: bool,
+        span: Span,
+    },
     /// A parenthesised query with its own ORDER BY / LIMIT.
     Query(Box<Query>),
 }
@@ -67,11 +72,29 @@ pub enum JoinKind {
 /// block, that column references point to.
 #[derive(Debug, Clone)]
 pub enum FromItem {
-    Table { slot: usize, table: Arc<Table>, alias: String, span: Span },
+    Table {
+        slot: usize,
+        table: Arc<Table>,
+        alias: String,
+        span: Span,
+    },
     /// `columns` are the column aliases written where a CTE is used (`FROM t AS u(a, b)`).
-    Derived { slot: usize, query: Box<Query>, alias: String, cte: Option<String>, columns: Vec<String>, span: Span },
+    Derived {
+        slot: usize,
+        query: Box<Query>,
+        alias: String,
+        cte: Option<String>,
+        columns: Vec<String>,
+        span: Span,
+    },
     /// An equi-join: `on` pairs a left-side and a right-side expression.
-    Join { left: Box<FromItem>, right: Box<FromItem>, kind: JoinKind, on: Vec<(Expr, Expr)>, span: Span },
+    Join {
+        left: Box<FromItem>,
+        right: Box<FromItem>,
+        kind: JoinKind,
+        on: Vec<(Expr, Expr)>,
+        span: Span,
+    },
 }
 
 /// A column reference resolved to the `FROM` leaf that provides it.
@@ -171,8 +194,7 @@ pub enum AggFunc {
 
 impl AggFunc {
     /// Names accepted in the owner's `aggregates = [...]` lists.
-    pub const CONFIG_NAMES: &'static [&'static str] =
-        &["count", "sum", "avg", "stddev", "variance", "min", "max", "median", "quantile", "corr", "covar"];
+    pub const CONFIG_NAMES: &'static [&'static str] = &["count", "sum", "avg", "stddev", "variance", "min", "max", "median", "quantile", "corr", "covar"];
 
     pub fn from_config_name(name: &str) -> Option<AggFunc> {
         Some(match name.to_ascii_lowercase().as_str() {
@@ -277,20 +299,57 @@ pub struct Expr {
 pub enum ExprKind {
     Column(ColumnRef),
     Literal(Literal),
-    Unary { op: UnaryOp, expr: Box<Expr> },
-    Binary { op: BinaryOp, left: Box<Expr>, right: Box<Expr> },
-    Scalar { func: ScalarFunc, args: Vec<Expr> },
+    Unary {
+        op: UnaryOp,
+        expr: Box<Expr>,
+    },
+    Binary {
+        op: BinaryOp,
+        left: Box<Expr>,
+        right: Box<Expr>,
+    },
+    Scalar {
+        func: ScalarFunc,
+        args: Vec<Expr>,
+    },
     /// `args` is empty for `COUNT(*)`; the quantile's fraction is the second argument.
-    Aggregate { func: AggFunc, args: Vec<Expr>, distinct: bool },
+    Aggregate {
+        func: AggFunc,
+        args: Vec<Expr>,
+        distinct: bool,
+    },
     /// Searched CASE (a simple CASE is desugared to one).
-    Case { whens: Vec<(Expr, Expr)>, otherwise: Option<Box<Expr>> },
+    Case {
+        whens: Vec<(Expr, Expr)>,
+        otherwise: Option<Box<Expr>>,
+    },
     /// Never fails: values that do not convert become NULL (no data-dependent errors).
-    Cast { expr: Box<Expr>, to: SqlType },
-    InList { expr: Box<Expr>, list: Vec<Expr>, negated: bool },
-    Between { expr: Box<Expr>, low: Box<Expr>, high: Box<Expr>, negated: bool },
+    Cast {
+        expr: Box<Expr>,
+        to: SqlType,
+    },
+    InList {
+        expr: Box<Expr>,
+        list: Vec<Expr>,
+        negated: bool,
+    },
+    Between {
+        expr: Box<Expr>,
+        low: Box<Expr>,
+        high: Box<Expr>,
+        negated: bool,
+    },
     /// The pattern is a literal (SQL `%`/`_` wildcards).
-    Like { expr: Box<Expr>, pattern: String, negated: bool, case_insensitive: bool },
-    IsNull { expr: Box<Expr>, negated: bool },
+    Like {
+        expr: Box<Expr>,
+        pattern: String,
+        negated: bool,
+        case_insensitive: bool,
+    },
+    IsNull {
+        expr: Box<Expr>,
+        negated: bool,
+    },
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -364,18 +423,10 @@ impl Query {
 impl SetExpr {
     pub fn output(&self) -> Vec<Field> {
         match self {
-            SetExpr::Select(s) => s
-                .projection
-                .iter()
-                .filter(|i| !i.sort_only)
-                .map(|i| Field { name: i.name.clone(), ty: i.expr.ty })
-                .collect(),
-            SetExpr::Union { left, right, .. } => left
-                .output()
-                .into_iter()
-                .zip(right.output())
-                .map(|(l, r)| Field { ty: l.ty.unify(r.ty).unwrap_or(l.ty), name: l.name })
-                .collect(),
+            SetExpr::Select(s) => s.projection.iter().filter(|i| !i.sort_only).map(|i| Field { name: i.name.clone(), ty: i.expr.ty }).collect(),
+            SetExpr::Union { left, right, .. } => {
+                left.output().into_iter().zip(right.output()).map(|(l, r)| Field { ty: l.ty.unify(r.ty).unwrap_or(l.ty), name: l.name }).collect()
+            }
             SetExpr::Query(q) => q.output(),
         }
     }
@@ -422,11 +473,7 @@ impl FromItem {
 fn quote_ident(name: &str) -> String {
     let upper = name.to_ascii_uppercase();
     let keyword = sqlparser::keywords::ALL_KEYWORDS.binary_search(&upper.as_str()).is_ok();
-    if crate::config::is_identifier(name) && !keyword {
-        name.to_string()
-    } else {
-        format!("\"{}\"", name.replace('"', "\"\""))
-    }
+    if crate::config::is_identifier(name) && !keyword { name.to_string() } else { format!("\"{}\"", name.replace('"', "\"\"")) }
 }
 
 impl fmt::Display for Literal {
@@ -542,12 +589,7 @@ impl fmt::Display for Query {
                     Some(expr) => write!(f, "{expr}")?,
                     None => write!(f, "{}", k.column + 1)?,
                 }
-                write!(
-                    f,
-                    " {} NULLS {}",
-                    if k.descending { "DESC" } else { "ASC" },
-                    if k.nulls_first { "FIRST" } else { "LAST" }
-                )?;
+                write!(f, " {} NULLS {}", if k.descending { "DESC" } else { "ASC" }, if k.nulls_first { "FIRST" } else { "LAST" })?;
             }
         }
         if let Some(l) = self.limit {

@@ -6,8 +6,8 @@
 //! except the hooks [`lower::Mode::Protected`] offers.
 
 pub mod bind;
-pub mod chart;
 pub mod catalog;
+pub mod chart;
 pub mod config;
 pub mod decimal;
 pub mod engine;

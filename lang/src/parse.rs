@@ -26,12 +26,19 @@ pub struct Parsed {
 pub enum Statement {
     Query(Box<ast::Query>),
     ShowTables,
-    Describe { table: String, span: Span },
+    Describe {
+        table: String,
+        span: Span,
+    },
     /// `EXPLAIN <query>`: bind and check, never run.
     Explain(Box<ast::Query>),
     /// `CHART <kind> [(options)] <query>`. `text` is the statement with the
     /// header blanked out; bind `query` against it.
-    Chart { spec: ChartSpec, query: Box<ast::Query>, text: String },
+    Chart {
+        spec: ChartSpec,
+        query: Box<ast::Query>,
+        text: String,
+    },
 }
 
 /// Byte ranges of the `;`-separated statements in `cell`, skipping empty ones.
@@ -87,11 +94,7 @@ pub fn parse_cell(cell: &str) -> Result<Vec<Parsed>> {
         .into_iter()
         .map(|(start, end)| {
             let text = &cell[start..end];
-            parse_statement(text).map_err(|e| e.shifted(start)).map(|statement| Parsed {
-                statement,
-                text: text.to_string(),
-                offset: start,
-            })
+            parse_statement(text).map_err(|e| e.shifted(start)).map(|statement| Parsed { statement, text: text.to_string(), offset: start })
         })
         .collect()
 }
@@ -106,10 +109,7 @@ pub fn parse_statement(text: &str) -> Result<Statement> {
         };
     }
     let dialect = GenericDialect {};
-    let mut statements = Parser::new(&dialect)
-        .try_with_sql(text)
-        .and_then(|mut p| p.parse_statements())
-        .map_err(|e| syntax_error(text, &e.to_string()))?;
+    let mut statements = Parser::new(&dialect).try_with_sql(text).and_then(|mut p| p.parse_statements()).map_err(|e| syntax_error(text, &e.to_string()))?;
     if statements.len() != 1 {
         return Err(Error::Syntax { message: "expected exactly one statement".into(), span: None });
     }
@@ -139,11 +139,7 @@ pub fn parse_statement(text: &str) -> Result<Statement> {
         }
         other => {
             let name = statement_name(&other);
-            Err(Error::unsupported(
-                name,
-                "Safe Data evaluates read-only SELECT queries and SHOW TABLES, DESCRIBE, EXPLAIN",
-                whole,
-            ))
+            Err(Error::unsupported(name, "Safe Data evaluates read-only SELECT queries and SHOW TABLES, DESCRIBE, EXPLAIN", whole))
         }
     }
 }

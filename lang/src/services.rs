@@ -8,10 +8,9 @@ use sqlparser::dialect::GenericDialect;
 use sqlparser::tokenizer::{Token, Tokenizer};
 
 const KEYWORDS: &[&str] = &[
-    "SELECT", "FROM", "WHERE", "GROUP", "BY", "HAVING", "ORDER", "LIMIT", "OFFSET", "DISTINCT", "AS", "JOIN", "INNER", "LEFT",
-    "OUTER", "ON", "USING", "WITH", "UNION", "ALL", "CASE", "WHEN", "THEN", "ELSE", "END", "CAST", "IN", "BETWEEN", "LIKE",
-    "ILIKE", "IS", "NULL", "NOT", "AND", "OR", "ASC", "DESC", "NULLS", "FIRST", "LAST", "TRUE", "FALSE", "EXTRACT", "DATE",
-    "SHOW", "TABLES", "DESCRIBE", "EXPLAIN", "WITHIN", "CHART",
+    "SELECT", "FROM", "WHERE", "GROUP", "BY", "HAVING", "ORDER", "LIMIT", "OFFSET", "DISTINCT", "AS", "JOIN", "INNER", "LEFT", "OUTER", "ON", "USING", "WITH",
+    "UNION", "ALL", "CASE", "WHEN", "THEN", "ELSE", "END", "CAST", "IN", "BETWEEN", "LIKE", "ILIKE", "IS", "NULL", "NOT", "AND", "OR", "ASC", "DESC", "NULLS",
+    "FIRST", "LAST", "TRUE", "FALSE", "EXTRACT", "DATE", "SHOW", "TABLES", "DESCRIBE", "EXPLAIN", "WITHIN", "CHART",
 ];
 
 /// Whether `word` is a keyword (and must be quoted to be used as a name).
@@ -89,11 +88,7 @@ pub fn complete(catalog: &Catalog, code: &str, cursor: usize) -> Completion {
     // `alias.` or `table.`: that relation's columns.
     if before[..start].ends_with('.') {
         let qualifier: String = before[..start - 1].chars().rev().take_while(|c| is_word_char(*c)).collect::<Vec<_>>().into_iter().rev().collect();
-        let table = scope
-            .iter()
-            .find(|(a, _)| a.eq_ignore_ascii_case(&qualifier))
-            .map(|(_, t)| *t)
-            .or_else(|| catalog.table(&qualifier).map(|t| &**t));
+        let table = scope.iter().find(|(a, _)| a.eq_ignore_ascii_case(&qualifier)).map(|(_, t)| *t).or_else(|| catalog.table(&qualifier).map(|t| &**t));
         if let Some(t) = table {
             for c in t.columns.iter().filter(|c| starts(&c.name)) {
                 push(c.name.clone(), &mut matches);
@@ -167,11 +162,7 @@ pub fn allowed_aggregates(table: &Table, column: &Column) -> Vec<&'static str> {
         Role::Identifier => vec!["count (DISTINCT only)"],
         Role::Hidden => vec![],
         Role::Dimension | Role::Measure => {
-            let mut v = if column.ty.is_numeric() {
-                vec!["count", "sum", "avg", "stddev", "variance", "corr", "covar"]
-            } else {
-                vec!["count"]
-            };
+            let mut v = if column.ty.is_numeric() { vec!["count", "sum", "avg", "stddev", "variance", "corr", "covar"] } else { vec!["count"] };
             for a in &column.aggregates {
                 if !v.contains(&a.config_name()) {
                     v.push(a.config_name());
@@ -188,10 +179,7 @@ pub fn describe_table(table: &Table) -> String {
     if table.public {
         out.push_str("public reference table: no restrictions\n");
     } else {
-        out.push_str(&format!(
-            "protected: every result row must rest on at least {} people\n",
-            table.min_group_size
-        ));
+        out.push_str(&format!("protected: every result row must rest on at least {} people\n", table.min_group_size));
     }
     for c in &table.columns {
         out.push_str(&format!("  {:<20} {:<9} {}\n", c.name, c.ty.to_string(), column_summary(table, c)));

@@ -23,14 +23,9 @@ impl SqlType {
     pub fn from_polars(dtype: &DataType) -> Option<SqlType> {
         Some(match dtype {
             DataType::Boolean => SqlType::Boolean,
-            DataType::Int8
-            | DataType::Int16
-            | DataType::Int32
-            | DataType::Int64
-            | DataType::UInt8
-            | DataType::UInt16
-            | DataType::UInt32
-            | DataType::UInt64 => SqlType::Integer,
+            DataType::Int8 | DataType::Int16 | DataType::Int32 | DataType::Int64 | DataType::UInt8 | DataType::UInt16 | DataType::UInt32 | DataType::UInt64 => {
+                SqlType::Integer
+            }
             DataType::Float32 | DataType::Float64 => SqlType::Double,
             DataType::String => SqlType::Text,
             DataType::Date => SqlType::Date,
@@ -83,12 +78,8 @@ impl SqlType {
         let base = lower.split('(').next().unwrap_or("").trim();
         Some(match base {
             "bool" | "boolean" => SqlType::Boolean,
-            "int" | "integer" | "bigint" | "smallint" | "tinyint" | "int2" | "int4" | "int8" | "int64" => {
-                SqlType::Integer
-            }
-            "double" | "double precision" | "float" | "float4" | "float8" | "real" | "numeric" | "decimal" => {
-                SqlType::Double
-            }
+            "int" | "integer" | "bigint" | "smallint" | "tinyint" | "int2" | "int4" | "int8" | "int64" => SqlType::Integer,
+            "double" | "double precision" | "float" | "float4" | "float8" | "real" | "numeric" | "decimal" => SqlType::Double,
             "text" | "varchar" | "string" | "char" | "character varying" | "character" => SqlType::Text,
             "date" => SqlType::Date,
             "timestamp" | "datetime" | "timestamp without time zone" => SqlType::Timestamp,

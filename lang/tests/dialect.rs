@@ -54,9 +54,7 @@ fn catalog() -> Catalog {
 fn parse_cases(file: &str, text: &str) -> Vec<Case> {
     let lines: Vec<&str> = text.lines().collect();
     // A block starts at a `# ` line at the top of the file or after a blank line.
-    let starts: Vec<usize> = (0..lines.len())
-        .filter(|&i| lines[i].starts_with("# ") && (i == 0 || lines[i - 1].trim().is_empty()))
-        .collect();
+    let starts: Vec<usize> = (0..lines.len()).filter(|&i| lines[i].starts_with("# ") && (i == 0 || lines[i - 1].trim().is_empty())).collect();
     let mut cases = Vec::new();
     for (n, &start) in starts.iter().enumerate() {
         let end = starts.get(n + 1).copied().unwrap_or(lines.len());
@@ -141,11 +139,7 @@ fn run_guarded(catalog: &Catalog, sql: &str) -> Outcome {
     match catch_unwind(AssertUnwindSafe(|| run(catalog, sql))) {
         Ok(o) => o,
         Err(p) => {
-            let text = p
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
-                .unwrap_or_default();
+            let text = p.downcast_ref::<String>().cloned().or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_default();
             Outcome::Error { kind: "PANIC".into(), message: text }
         }
     }
@@ -254,13 +248,7 @@ fn printed_ir_binds_to_the_same_ir() {
                 indent(&printed),
                 e.kind()
             )),
-            Err(_) => failures.push(format!(
-                "{}:{}: {}\n  printed:\n{}\n  binding it panicked",
-                case.file,
-                case.line,
-                case.name,
-                indent(&printed)
-            )),
+            Err(_) => failures.push(format!("{}:{}: {}\n  printed:\n{}\n  binding it panicked", case.file, case.line, case.name, indent(&printed))),
         }
     }
     eprintln!("round trip: {checked} bound cases checked, {} failed", failures.len());
@@ -275,12 +263,7 @@ fn parse_cell_splits_statements_with_offsets() {
     let cell = "SELECT 1 AS a;\n  SELECT 'x;y' AS b ;\n\nSHOW TABLES;;  DESCRIBE people";
     let parsed = parse_cell(cell).expect("the cell parses");
     assert_eq!(parsed.len(), 4, "{parsed:?}");
-    let expected = [
-        ("SELECT 1 AS a", 0),
-        ("SELECT 'x;y' AS b", 17),
-        ("SHOW TABLES", 38),
-        ("DESCRIBE people", 53),
-    ];
+    let expected = [("SELECT 1 AS a", 0), ("SELECT 'x;y' AS b", 17), ("SHOW TABLES", 38), ("DESCRIBE people", 53)];
     for (p, (text, offset)) in parsed.iter().zip(expected) {
         assert_eq!(p.text, text);
         assert_eq!(p.offset, offset, "offset of `{text}`");
@@ -353,10 +336,7 @@ fn hidden_column_is_indistinguishable_from_a_missing_one() {
 
 #[test]
 fn case_files_parse() {
-    let cases = parse_cases(
-        "inline",
-        "# first\nSELECT 1\n----\na\n1\n\n# second\nSELECT\n  2\n----\nerror: QueryError: x\n",
-    );
+    let cases = parse_cases("inline", "# first\nSELECT 1\n----\na\n1\n\n# second\nSELECT\n  2\n----\nerror: QueryError: x\n");
     assert_eq!(cases.len(), 2);
     assert_eq!(cases[0].name, "first");
     assert_eq!(cases[0].expected, vec!["a", "1"]);

@@ -59,14 +59,7 @@ impl ColInfo {
     /// The most restrictive of several inputs (an expression over them).
     fn combine(infos: &[&ColInfo]) -> ColInfo {
         let role = infos.iter().map(|i| i.role).max().unwrap_or(Eff::Free);
-        ColInfo {
-            role,
-            base: None,
-            bounded: infos.iter().all(|i| i.bounded),
-            extra_aggregates: vec![],
-            join_key: false,
-            plain: infos.iter().all(|i| i.plain),
-        }
+        ColInfo { role, base: None, bounded: infos.iter().all(|i| i.bounded), extra_aggregates: vec![], join_key: false, plain: infos.iter().all(|i| i.plain) }
     }
 }
 
@@ -116,11 +109,7 @@ fn check_set(body: &SetExpr) -> Result<(Level, Vec<ColInfo>)> {
                 (Level::Public, b) => b,
                 (a, Level::Public) => a,
                 _ => {
-                    return Err(Error::refused(
-                        Rule::Shape,
-                        "a UNION cannot mix aggregated results with individual rows; aggregate both sides",
-                        Some(*span),
-                    ));
+                    return Err(Error::refused(Rule::Shape, "a UNION cannot mix aggregated results with individual rows; aggregate both sides", Some(*span)));
                 }
             };
             if level == Level::RowLevel && !all {
@@ -262,9 +251,7 @@ fn is_arithmetic(e: &Expr) -> bool {
         ExprKind::Column(_) => true,
         ExprKind::Literal(Literal::Integer(_) | Literal::Double(_)) => true,
         ExprKind::Binary { op: BinaryOp::Add | BinaryOp::Sub, left, right } => is_arithmetic(left) && is_arithmetic(right),
-        ExprKind::Binary { op: BinaryOp::Mul, left, right } => {
-            is_arithmetic(left) && is_arithmetic(right) && (constant(left) || constant(right))
-        }
+        ExprKind::Binary { op: BinaryOp::Mul, left, right } => is_arithmetic(left) && is_arithmetic(right) && (constant(left) || constant(right)),
         // Division only by a non-zero constant: division by a column is unbounded.
         ExprKind::Binary { op: BinaryOp::Div, left, right } => {
             is_arithmetic(left) && matches!(right.kind, ExprKind::Literal(Literal::Integer(d)) if d != 0)
@@ -362,11 +349,7 @@ fn check_aggregate(e: &Expr, scope: &Scope) -> Result<()> {
         }
         if info.role == Eff::Identifier {
             if !(func == AggFunc::Count && *distinct && matches!(arg.kind, ExprKind::Column(_))) {
-                return Err(Error::refused(
-                    Rule::IdentifierUse,
-                    "an identifier can only be counted, with COUNT(DISTINCT column)",
-                    Some(arg.span),
-                ));
+                return Err(Error::refused(Rule::IdentifierUse, "an identifier can only be counted, with COUNT(DISTINCT column)", Some(arg.span)));
             }
             continue;
         }
@@ -427,7 +410,11 @@ fn check_select(s: &Select) -> Result<(Level, Vec<ColInfo>)> {
         (Level::RowLevel, true) => Level::Aggregated,
         (Level::RowLevel, false) => {
             if s.distinct {
-                return Err(Error::refused(Rule::RawRows, "SELECT DISTINCT on protected rows lists individual values; use GROUP BY with COUNT(*)", Some(s.span)));
+                return Err(Error::refused(
+                    Rule::RawRows,
+                    "SELECT DISTINCT on protected rows lists individual values; use GROUP BY with COUNT(*)",
+                    Some(s.span),
+                ));
             }
             Level::RowLevel
         }
@@ -436,13 +423,11 @@ fn check_select(s: &Select) -> Result<(Level, Vec<ColInfo>)> {
         (Level::Aggregated, true) => Level::Aggregated,
         (Level::Aggregated, false) => Level::Aggregated,
     };
-    let infos = s.projection.iter().filter(|i| !i.sort_only).map(|i| {
-        if level == Level::Aggregated && s.aggregate {
-            ColInfo::free()
-        } else {
-            expr_info(&i.expr, &scope)
-        }
-    });
+    let infos = s
+        .projection
+        .iter()
+        .filter(|i| !i.sort_only)
+        .map(|i| if level == Level::Aggregated && s.aggregate { ColInfo::free() } else { expr_info(&i.expr, &scope) });
     Ok((level, infos.collect()))
 }
 

@@ -17,10 +17,10 @@ pub use release::{Notice, NoticeKind, Released};
 use audit::{AuditLog, Entry};
 use check::Level;
 use release::{ReleaseInput, Verdict};
+use safe_data_lang::chart::ChartKind;
 use safe_data_lang::engine::{CancelFlag, Value};
 use safe_data_lang::ir::{Field, FromItem, Query, SetExpr};
 use safe_data_lang::lower::{Mode, lower_query};
-use safe_data_lang::chart::ChartKind;
 use safe_data_lang::parse::{Parsed, Statement};
 use safe_data_lang::types::SqlType;
 use safe_data_lang::{Catalog, bind, engine};
@@ -37,10 +37,8 @@ pub struct Requester {
 impl Requester {
     /// `JUPYTERHUB_USER`, else the OS user.
     pub fn from_env(session: impl Into<String>) -> Requester {
-        let user = std::env::var("JUPYTERHUB_USER")
-            .or_else(|_| std::env::var("USER"))
-            .or_else(|_| std::env::var("LOGNAME"))
-            .unwrap_or_else(|_| "unknown".into());
+        let user =
+            std::env::var("JUPYTERHUB_USER").or_else(|_| std::env::var("USER")).or_else(|_| std::env::var("LOGNAME")).unwrap_or_else(|_| "unknown".into());
         Requester { user, session: session.into() }
     }
 }
@@ -192,10 +190,7 @@ impl Policy {
     }
 
     fn describe(&self, name: &str, span: safe_data_lang::span::Span) -> Result<Released> {
-        let table = self
-            .catalog
-            .table(name)
-            .ok_or_else(|| safe_data_lang::Error::UnknownTable { name: name.to_string(), span: Some(span) })?;
+        let table = self.catalog.table(name).ok_or_else(|| safe_data_lang::Error::UnknownTable { name: name.to_string(), span: Some(span) })?;
         let columns = vec![
             field("column", SqlType::Text),
             field("type", SqlType::Text),
@@ -238,10 +233,7 @@ impl Policy {
             Err(e) => format!("refused ({}): {e}", e.rule().map(|r| r.to_string()).unwrap_or_default()),
         };
         let columns: Vec<String> = query.output().iter().map(|f| format!("{} {}", f.name, f.ty)).collect();
-        Released::explanation(format!(
-            "plan:    {query}\ncolumns: {}\npolicy:  {verdict}\n",
-            columns.join(", ")
-        ))
+        Released::explanation(format!("plan:    {query}\ncolumns: {}\npolicy:  {verdict}\n", columns.join(", ")))
     }
 }
 

@@ -140,9 +140,7 @@ public = true
             Err(e) => Err(Refusal { rule: None, kind: e.kind().to_string(), text: e.to_string() }),
             Ok(parsed) => {
                 assert_eq!(parsed.len(), 1, "one statement per attack: {sql}");
-                self.policy
-                    .run(&parsed[0], &who, &cancel)
-                    .map_err(|e| Refusal { rule: e.rule(), kind: e.kind().to_string(), text: e.to_string() })
+                self.policy.run(&parsed[0], &who, &cancel).map_err(|e| Refusal { rule: e.rule(), kind: e.kind().to_string(), text: e.to_string() })
             }
         };
         match &out {
@@ -559,10 +557,7 @@ fn family2_filter_moved_into_group_by() {
     assert!(hid_rows(&rel));
     for r in rel.rows() {
         let derived = s_all - num(&r[1]);
-        assert!(
-            !(n_all - int(&r[0]) == 1 && (derived - BMI_OF_99_YEAR_OLD).abs() < 1e-6),
-            "total minus the released group is one person: bmi {derived}"
-        );
+        assert!(!(n_all - int(&r[0]) == 1 && (derived - BMI_OF_99_YEAR_OLD).abs() < 1e-6), "total minus the released group is one person: bmi {derived}");
     }
 }
 
@@ -579,18 +574,13 @@ const TRACKER_T: &str = "sex = 'M'";
 
 /// Each of the tracker's queries: its people count and its SUM(bmi).
 fn tracker_queries(lab: &Lab) -> Vec<(String, i64, f64)> {
-    [
-        format!("{TRACKER_C} OR {TRACKER_T}"),
-        TRACKER_T.to_string(),
-        format!("{TRACKER_C} OR NOT ({TRACKER_T})"),
-        "TRUE".to_string(),
-    ]
-    .into_iter()
-    .map(|w| {
-        let (n, s) = lab.people_and_bmi(&w);
-        (w, n, s)
-    })
-    .collect()
+    [format!("{TRACKER_C} OR {TRACKER_T}"), TRACKER_T.to_string(), format!("{TRACKER_C} OR NOT ({TRACKER_T})"), "TRUE".to_string()]
+        .into_iter()
+        .map(|w| {
+            let (n, s) = lab.people_and_bmi(&w);
+            (w, n, s)
+        })
+        .collect()
 }
 
 fn assert_tracker_guarantees(queries: &[(String, i64, f64)]) {
@@ -644,9 +634,7 @@ fn family3_general_tracker_isolates_target() {
 }
 
 fn grouped_tracker(lab: &Lab) -> (Released, Released) {
-    let padded = lab.released(&format!(
-        "SELECT ({TRACKER_C} OR {TRACKER_T}) AS g, COUNT(DISTINCT patient_id) AS n, SUM(bmi) AS s FROM patients GROUP BY 1"
-    ));
+    let padded = lab.released(&format!("SELECT ({TRACKER_C} OR {TRACKER_T}) AS g, COUNT(DISTINCT patient_id) AS n, SUM(bmi) AS s FROM patients GROUP BY 1"));
     let plain = lab.released(&format!("SELECT ({TRACKER_T}) AS g, COUNT(DISTINCT patient_id) AS n, SUM(bmi) AS s FROM patients GROUP BY 1"));
     (padded, plain)
 }
@@ -736,10 +724,7 @@ fn family4_median_and_quantiles_need_permission() {
         assert!(matches!(e.rule, Some(Rule::AggregateNotAllowed | Rule::ConditionalAggregate)), "{sql}: {e:?}");
     }
     // The allowed median still obeys the threshold: the Isle patient's visits alone.
-    lab.refused_by(
-        "SELECT MEDIAN(v.cost) FROM visits v JOIN patients p ON v.patient_id = p.patient_id WHERE p.region = 'Isle'",
-        Rule::MinGroupSize,
-    );
+    lab.refused_by("SELECT MEDIAN(v.cost) FROM visits v JOIN patients p ON v.patient_id = p.patient_id WHERE p.region = 'Isle'", Rule::MinGroupSize);
 }
 
 /// Family 4: "top 1" orderings by an extreme, or of raw rows.
@@ -753,9 +738,7 @@ fn family4_top_one_orderings() {
     lab.refused_by("SELECT sex FROM patients ORDER BY bmi DESC LIMIT 1", Rule::RawRows);
     lab.refused_by("SELECT region, age FROM patients ORDER BY age DESC LIMIT 1", Rule::RawRows);
     // The top group by age is the 99-year-old alone: hidden.
-    let rel = lab.hidden_or_refused("SELECT age, COUNT(*) AS n, AVG(bmi) AS a FROM patients GROUP BY age ORDER BY age DESC LIMIT 1", |r| {
-        int(&r[0]) == 99
-    });
+    let rel = lab.hidden_or_refused("SELECT age, COUNT(*) AS n, AVG(bmi) AS a FROM patients GROUP BY age ORDER BY age DESC LIMIT 1", |r| int(&r[0]) == 99);
     if let Some(rel) = rel {
         assert!(rel.rows().is_empty());
     }
@@ -797,18 +780,14 @@ fn family5_union_all_copies_of_one_person() {
 fn family5_self_join_fan_out() {
     let lab = Lab::new();
     // 1 × 20 rows: one person on the left side.
-    lab.refused_by(
-        "SELECT COUNT(*), SUM(a.bmi) FROM patients a JOIN patients b ON a.region = b.region WHERE a.age = 99",
-        Rule::MinGroupSize,
-    );
+    lab.refused_by("SELECT COUNT(*), SUM(a.bmi) FROM patients a JOIN patients b ON a.region = b.region WHERE a.age = 99", Rule::MinGroupSize);
     lab.refused_by(
         "SELECT COUNT(*), AVG(a.bmi) FROM patients a JOIN patients b ON a.patient_id = b.patient_id JOIN patients c ON b.patient_id = c.patient_id WHERE a.region = 'Isle'",
         Rule::MinGroupSize,
     );
-    lab.hidden_or_refused(
-        "SELECT a.region, COUNT(*) AS n, SUM(a.bmi) AS s FROM patients a JOIN patients b ON a.region = b.region GROUP BY a.region",
-        |r| text(&r[0]) == "Isle",
-    )
+    lab.hidden_or_refused("SELECT a.region, COUNT(*) AS n, SUM(a.bmi) AS s FROM patients a JOIN patients b ON a.region = b.region GROUP BY a.region", |r| {
+        text(&r[0]) == "Isle"
+    })
     .expect("the other regions are releasable");
 }
 
@@ -833,10 +812,7 @@ fn family5_visits_fan_out_counts_people() {
     let rel = lab.hidden_or_refused("SELECT visit_no, COUNT(*) AS n FROM visits GROUP BY visit_no", |r| int(&r[0]) >= 4).unwrap();
     assert_eq!(rel.rows().len(), 3, "{:?}", rel.rows());
     lab.refused_by("SELECT COUNT(*), SUM(cost) FROM visits WHERE visit_no >= 4", Rule::MinGroupSize);
-    lab.refused_by(
-        "SELECT COUNT(*), AVG(p.bmi) FROM visits v JOIN patients p ON v.patient_id = p.patient_id WHERE p.region = 'Isle'",
-        Rule::MinGroupSize,
-    );
+    lab.refused_by("SELECT COUNT(*), AVG(p.bmi) FROM visits v JOIN patients p ON v.patient_id = p.patient_id WHERE p.region = 'Isle'", Rule::MinGroupSize);
 }
 
 /// Family 5: a public table whose join key repeats copies each person's row
@@ -857,14 +833,10 @@ fn family5_join_fan_out_onto_a_public_table_counts_people() {
     assert_eq!(rel.rows().len(), 3, "{:?}", rel.rows());
     let north = row_of(&rel, "North").expect("North is released");
     assert_eq!(int(&north[1]), 160, "20 patients × 8 wards");
-    lab.refused_by(
-        "SELECT COUNT(*), AVG(p.bmi) FROM patients p JOIN region_wards w ON p.region = w.region WHERE p.region = 'Isle'",
-        Rule::MinGroupSize,
-    );
-    lab.hidden_or_refused(
-        "SELECT w.ward, COUNT(*) AS n FROM patients p JOIN region_wards w ON p.region = w.region GROUP BY w.ward",
-        |r| text(&r[0]).starts_with('I'),
-    )
+    lab.refused_by("SELECT COUNT(*), AVG(p.bmi) FROM patients p JOIN region_wards w ON p.region = w.region WHERE p.region = 'Isle'", Rule::MinGroupSize);
+    lab.hidden_or_refused("SELECT w.ward, COUNT(*) AS n FROM patients p JOIN region_wards w ON p.region = w.region GROUP BY w.ward", |r| {
+        text(&r[0]).starts_with('I')
+    })
     .expect("the wards of the other regions are releasable");
     // regions.region does not repeat: one row per person, and Isle (no
     // region row) is dropped by the join: North, South and East are whole.
@@ -985,10 +957,7 @@ fn family7_polynomial_indicator_inside_sum() {
                 let r = &rel.rows()[0];
                 let (weighted, weight) = (num(&r[0]), num(&r[1]));
                 let derived = weighted / weight;
-                assert!(
-                    (derived - BMI_OF_99_YEAR_OLD).abs() > 0.05,
-                    "a whole-table SUM over 60 people released the 99-year-old's bmi: {derived}"
-                );
+                assert!((derived - BMI_OF_99_YEAR_OLD).abs() > 0.05, "a whole-table SUM over 60 people released the 99-year-old's bmi: {derived}");
             }
         }
     });
@@ -1214,10 +1183,7 @@ fn family8_measure_masked_through_aliases_and_functions() {
         "SELECT COUNT(*) FROM patients WHERE income > 1000000",
     ] {
         let e = lab.refused(sql);
-        assert!(
-            matches!(e.rule, Some(Rule::MeasureUse | Rule::JoinKey | Rule::AggregateNotAllowed)),
-            "{sql}: {e:?}"
-        );
+        assert!(matches!(e.rule, Some(Rule::MeasureUse | Rule::JoinKey | Rule::AggregateNotAllowed)), "{sql}: {e:?}");
     }
 }
 
@@ -1425,9 +1391,7 @@ fn family11_offset_walk_ranks_hidden_group() {
     assert_eq!(full.len(), 3);
     let mut pages = Vec::new();
     for offset in 0..4 {
-        let rel = lab.released(&format!(
-            "SELECT region, COUNT(*) AS n FROM patients GROUP BY region ORDER BY AVG(bmi) DESC LIMIT 1 OFFSET {offset}"
-        ));
+        let rel = lab.released(&format!("SELECT region, COUNT(*) AS n FROM patients GROUP BY region ORDER BY AVG(bmi) DESC LIMIT 1 OFFSET {offset}"));
         pages.push((rel.rows().to_vec(), rel.notices().to_vec()));
     }
     for (offset, (rows, notices)) in pages.iter().enumerate() {
@@ -1646,10 +1610,7 @@ fn histogram_cannot_bin_identifiers_or_follow_the_data() {
 #[test]
 fn fine_bins_do_not_single_out_the_millionaire() {
     let lab = Lab::new();
-    let rel = lab.hidden_or_refused(
-        "CHART HISTOGRAM (bins = 1000, min = 0, max = 10000000) SELECT income FROM patients",
-        |row| num(&row[0]) >= 8_000_000.0,
-    );
+    let rel = lab.hidden_or_refused("CHART HISTOGRAM (bins = 1000, min = 0, max = 10000000) SELECT income FROM patients", |row| num(&row[0]) >= 8_000_000.0);
     if let Some(rel) = rel {
         assert!(rel.rows().iter().all(|r| int(&r[2]) >= K), "{:?}", rel.rows());
     }
@@ -1703,9 +1664,7 @@ fn aggregating_released_rows_never_sees_a_withheld_row() {
     assert!(notice.message.starts_with("1 group of a subquery withheld"), "{}", notice.message);
     // Grouped: the withheld row lands in no group, so where it would have
     // landed cannot be seen (before, its outer group was hidden instead).
-    let rel = lab.released(&format!(
-        "SELECT region = 'North' AS north, SUM(n) AS people FROM ({PER_REGION}) AS r GROUP BY region = 'North' ORDER BY 1"
-    ));
+    let rel = lab.released(&format!("SELECT region = 'North' AS north, SUM(n) AS people FROM ({PER_REGION}) AS r GROUP BY region = 'North' ORDER BY 1"));
     assert_eq!(rel.rows(), &[vec![Value::Boolean(false), Value::Integer(39)], vec![Value::Boolean(true), Value::Integer(20)]]);
     assert!(hid_rows(&rel));
     // Released rows combine freely: a ratio between two released groups.

@@ -76,9 +76,7 @@ fn sql_fixture() -> &'static SqlFixture {
             // would be an in-memory DataFrame scan, whose plan lists the
             // source's column names (hidden ones included).
             let prefix = format!("{}-", t.name);
-            let cached = std::fs::read_dir(&cache)
-                .map(|d| d.flatten().any(|e| e.file_name().to_string_lossy().starts_with(&prefix)))
-                .unwrap_or(false);
+            let cached = std::fs::read_dir(&cache).map(|d| d.flatten().any(|e| e.file_name().to_string_lossy().starts_with(&prefix))).unwrap_or(false);
             assert!(cached, "table `{}` is not cached as IPC in {}; the fuzz fixture needs a writable temp dir", t.name, cache.display());
             if !t.public {
                 protected_scans.push((t.name.clone(), cache.join(&prefix).display().to_string()));
@@ -177,9 +175,9 @@ pub fn sql_check(data: &[u8]) {
                 }
                 Ok(())
             }
-            Statement::Query(q) | Statement::Explain(q) => bind::bind_query(&fx.catalog, &parsed.text, q)
-                .map_err(safe_data_policy::Error::from)
-                .and_then(|query| run_bound(fx, &leak, &query)),
+            Statement::Query(q) | Statement::Explain(q) => {
+                bind::bind_query(&fx.catalog, &parsed.text, q).map_err(safe_data_policy::Error::from).and_then(|query| run_bound(fx, &leak, &query))
+            }
             Statement::Chart { spec, query: q, text } => bind::bind_query(&fx.catalog, text, q).map_err(safe_data_policy::Error::from).and_then(|query| {
                 if spec.kind == chart::ChartKind::Histogram {
                     // The bins are a rewrite of the bound query, checked and lowered like typed SQL.
@@ -251,11 +249,7 @@ fn inspect_plan(fx: &SqlFixture, leak: &Leak<'_>, level: Level, lowered: &lower:
             let name = name.as_str();
             let internal = [lower::POINT, lower::WITHHELD_THIN, lower::WITHHELD_DIFF].contains(&name);
             let output = name.strip_prefix('#').is_some_and(|i| i.parse::<usize>().is_ok_and(|i| i < lowered.output.len()));
-            assert!(
-                output || internal,
-                "the lowered plan outputs an unexpected column `{name}`\n--- input ---\n{}",
-                leak.cell
-            );
+            assert!(output || internal, "the lowered plan outputs an unexpected column `{name}`\n--- input ---\n{}", leak.cell);
         }
     }
 }

@@ -26,20 +26,12 @@ fn inputs(dir: &Path) -> Vec<PathBuf> {
 }
 
 fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
-    payload
-        .downcast_ref::<String>()
-        .cloned()
-        .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
-        .unwrap_or_else(|| "(non-text panic)".into())
+    payload.downcast_ref::<String>().cloned().or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_else(|| "(non-text panic)".into())
 }
 
 fn replay(target: &str, body: fn(&[u8]), min_corpus: usize) {
     let corpus = inputs(&fuzz_dir().join("corpus").join(target));
-    assert!(
-        corpus.len() >= min_corpus,
-        "fuzz/corpus/{target} has {} inputs, expected at least {min_corpus}",
-        corpus.len()
-    );
+    assert!(corpus.len() >= min_corpus, "fuzz/corpus/{target} has {} inputs, expected at least {min_corpus}", corpus.len());
     let artifacts = inputs(&fuzz_dir().join("artifacts").join(target));
     let mut failures = Vec::new();
     for path in corpus.iter().chain(&artifacts) {

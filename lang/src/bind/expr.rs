@@ -95,10 +95,7 @@ impl Binder<'_> {
             ast::Expr::Identifier(ident) => self.column(None, &ident.value, ctx, span),
             ast::Expr::CompoundIdentifier(parts) => match parts.as_slice() {
                 [table, column] => self.column(Some(&table.value), &column.value, ctx, span),
-                _ => Err(Error::UnknownColumn {
-                    name: parts.iter().map(|p| p.value.as_str()).collect::<Vec<_>>().join("."),
-                    span: Some(span),
-                }),
+                _ => Err(Error::UnknownColumn { name: parts.iter().map(|p| p.value.as_str()).collect::<Vec<_>>().join("."), span: Some(span) }),
             },
             ast::Expr::Value(v) => self.value(&v.value, span),
             ast::Expr::TypedString(ts) => {
@@ -111,11 +108,7 @@ impl Binder<'_> {
                     Some(SqlType::Date) => parse_date(&text)
                         .map(|d| lit(Literal::Date(d), span))
                         .ok_or_else(|| Error::invalid("invalid DATE literal; write DATE 'YYYY-MM-DD'", Some(span))),
-                    _ => Err(Error::unsupported(
-                        format!("{} literals", ts.data_type),
-                        "write DATE 'YYYY-MM-DD', or CAST('...' AS <type>)",
-                        Some(span),
-                    )),
+                    _ => Err(Error::unsupported(format!("{} literals", ts.data_type), "write DATE 'YYYY-MM-DD', or CAST('...' AS <type>)", Some(span))),
                 }
             }
             ast::Expr::Nested(inner) => {
@@ -172,11 +165,7 @@ impl Binder<'_> {
                 let value = self.expr(expr, ctx)?;
                 let low = self.expr(low, ctx)?;
                 let high = self.expr(high, ctx)?;
-                let ty = value
-                    .ty
-                    .unify(low.ty)
-                    .and_then(|t| t.unify(high.ty))
-                    .ok_or_else(|| type_mismatch("BETWEEN", value.ty, low.ty, span))?;
+                let ty = value.ty.unify(low.ty).and_then(|t| t.unify(high.ty)).ok_or_else(|| type_mismatch("BETWEEN", value.ty, low.ty, span))?;
                 Ok(Expr {
                     kind: ExprKind::Between {
                         expr: Box::new(coerce_literal_to(value, ty)?),
@@ -278,11 +267,9 @@ impl Binder<'_> {
                 self.scalar_checked(func, vec![inner], span)
             }
             ast::Expr::Function(f) => self.function(f, ctx, span),
-            ast::Expr::Subquery(_) | ast::Expr::InSubquery { .. } | ast::Expr::Exists { .. } => Err(Error::unsupported(
-                "subqueries in expressions",
-                "join with a subquery in FROM instead",
-                Some(span),
-            )),
+            ast::Expr::Subquery(_) | ast::Expr::InSubquery { .. } | ast::Expr::Exists { .. } => {
+                Err(Error::unsupported("subqueries in expressions", "join with a subquery in FROM instead", Some(span)))
+            }
             other => Err(Error::unsupported(construct_name(other), "see the dialect reference in README.md for what is supported", Some(span))),
         }
     }
@@ -295,9 +282,10 @@ impl Binder<'_> {
         let mut found: Option<(ColumnRef, SqlType)> = None;
         for leaf in &ctx.scope.leaves {
             if let Some(t) = table
-                && !leaf.alias.eq_ignore_ascii_case(t) {
-                    continue;
-                }
+                && !leaf.alias.eq_ignore_ascii_case(t)
+            {
+                continue;
+            }
             for (index, (col, ty)) in leaf.columns.iter().enumerate() {
                 if table.is_none() && leaf.merged.contains(&index) {
                     continue;
@@ -353,11 +341,7 @@ impl Binder<'_> {
             B::Or => BinaryOp::Or,
             B::StringConcat => BinaryOp::Concat,
             other => {
-                return Err(Error::unsupported(
-                    format!("the operator `{other}`"),
-                    "use + - * / %, comparisons, AND/OR/NOT, || and LIKE",
-                    Some(span),
-                ));
+                return Err(Error::unsupported(format!("the operator `{other}`"), "use + - * / %, comparisons, AND/OR/NOT, || and LIKE", Some(span)));
             }
         };
         make_binary(op, l, r, span)
@@ -394,11 +378,7 @@ pub(crate) fn coerce_literal_to(e: Expr, ty: SqlType) -> Result<Expr> {
         (ExprKind::Literal(Literal::Text(s)), SqlType::Date | SqlType::Timestamp) if e.ty == SqlType::Text => {
             let days = parse_date(s).ok_or_else(|| Error::invalid("invalid date literal; write 'YYYY-MM-DD'", Some(e.span)))?;
             let date = lit(Literal::Date(days), e.span);
-            Ok(if ty == SqlType::Timestamp {
-                Expr { kind: ExprKind::Cast { expr: Box::new(date), to: ty }, ty, span: e.span }
-            } else {
-                date
-            })
+            Ok(if ty == SqlType::Timestamp { Expr { kind: ExprKind::Cast { expr: Box::new(date), to: ty }, ty, span: e.span } } else { date })
         }
         _ => Ok(e),
     }
@@ -413,11 +393,7 @@ pub(crate) fn expect_type(e: &Expr, ty: SqlType, what: &str) -> Result<()> {
 }
 
 pub(crate) fn expect_numeric(e: &Expr, what: &str) -> Result<()> {
-    if e.ty.is_numeric() {
-        Ok(())
-    } else {
-        Err(Error::invalid(format!("{what} expects a number, but this expression is {}", e.ty), Some(e.span)))
-    }
+    if e.ty.is_numeric() { Ok(()) } else { Err(Error::invalid(format!("{what} expects a number, but this expression is {}", e.ty), Some(e.span))) }
 }
 
 pub(crate) fn type_mismatch(what: &str, a: SqlType, b: SqlType, span: Span) -> Error {
@@ -439,10 +415,7 @@ pub(crate) fn date_field_name(field: &str, span: Span) -> Result<String> {
         "minute" | "minutes" => "minute",
         "second" | "seconds" => "second",
         _ => {
-            return Err(Error::invalid(
-                format!("unknown date part `{f}`; use year, quarter, month, week, day, dow, doy, hour, minute or second"),
-                Some(span),
-            ));
+            return Err(Error::invalid(format!("unknown date part `{f}`; use year, quarter, month, week, day, dow, doy, hour, minute or second"), Some(span)));
         }
     };
     Ok(canonical.to_string())
@@ -458,9 +431,7 @@ fn construct_name(e: &ast::Expr) -> String {
         ast::Expr::AnyOp { .. } | ast::Expr::AllOp { .. } => "ANY / ALL",
         ast::Expr::AtTimeZone { .. } => "AT TIME ZONE",
         ast::Expr::Interval(_) => "INTERVAL literals",
-        ast::Expr::Array(_) | ast::Expr::Tuple(_) | ast::Expr::Struct { .. } | ast::Expr::Map(_) | ast::Expr::Dictionary(_) => {
-            "arrays, tuples and structs"
-        }
+        ast::Expr::Array(_) | ast::Expr::Tuple(_) | ast::Expr::Struct { .. } | ast::Expr::Map(_) | ast::Expr::Dictionary(_) => "arrays, tuples and structs",
         ast::Expr::Wildcard(_) | ast::Expr::QualifiedWildcard(..) => "`*` here",
         ast::Expr::Lambda(_) => "lambda functions",
         ast::Expr::Collate { .. } => "COLLATE",

@@ -85,9 +85,10 @@ impl Binder<'_> {
                         let r = self.expr(&ident, ExprCtx::new(&right_scope, Some("JOIN conditions"))).map_err(|e| at(e, span))?;
                         check_key_types(&l, &r, span)?;
                         if let ExprKind::Column(c) = &r.kind
-                            && let Some(leaf) = scope.leaves.iter_mut().find(|leaf| leaf.slot == c.slot) {
-                                leaf.merged.push(c.index);
-                            }
+                            && let Some(leaf) = scope.leaves.iter_mut().find(|leaf| leaf.slot == c.slot)
+                        {
+                            leaf.merged.push(c.index);
+                        }
                         pairs.push((l, r));
                     }
                     pairs
@@ -115,7 +116,14 @@ impl Binder<'_> {
                         Some(span),
                     ));
                 }
-                if !with_hints.is_empty() || version.is_some() || !partitions.is_empty() || sample.is_some() || !index_hints.is_empty() || json_path.is_some() || *with_ordinality {
+                if !with_hints.is_empty()
+                    || version.is_some()
+                    || !partitions.is_empty()
+                    || sample.is_some()
+                    || !index_hints.is_empty()
+                    || json_path.is_some()
+                    || *with_ordinality
+                {
                     return Err(Error::unsupported("table hints, versions, partitions and samples", "name the table alone", Some(span)));
                 }
                 let parts: Vec<&ast::ObjectNamePart> = name.0.iter().collect();
@@ -168,11 +176,9 @@ impl Binder<'_> {
                 }
                 self.table_with_joins(table_with_joins, env, slots, scope)
             }
-            ast::TableFactor::Function { .. } | ast::TableFactor::TableFunction { .. } => Err(Error::unsupported(
-                "table functions",
-                "queries cannot read files or call table functions; query the owner's tables by name",
-                Some(span),
-            )),
+            ast::TableFactor::Function { .. } | ast::TableFactor::TableFunction { .. } => {
+                Err(Error::unsupported("table functions", "queries cannot read files or call table functions; query the owner's tables by name", Some(span)))
+            }
             ast::TableFactor::UNNEST { .. } => Err(Error::unsupported("UNNEST", "query the owner's tables by name", Some(span))),
             ast::TableFactor::Pivot { .. } | ast::TableFactor::Unpivot { .. } => {
                 Err(Error::unsupported("PIVOT / UNPIVOT", "GROUP BY the column instead", Some(span)))
@@ -182,14 +188,18 @@ impl Binder<'_> {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn push_derived(&self, query: Query, alias: String, cte: Option<String>, columns: Vec<String>, span: Span, slots: &mut Slots, scope: &mut Scope) -> FromItem {
+    fn push_derived(
+        &self,
+        query: Query,
+        alias: String,
+        cte: Option<String>,
+        columns: Vec<String>,
+        span: Span,
+        slots: &mut Slots,
+        scope: &mut Scope,
+    ) -> FromItem {
         let slot = slots.next();
-        scope.leaves.push(ScopeLeaf {
-            slot,
-            alias: alias.clone(),
-            columns: query.output().into_iter().map(|f| (f.name, f.ty)).collect(),
-            merged: vec![],
-        });
+        scope.leaves.push(ScopeLeaf { slot, alias: alias.clone(), columns: query.output().into_iter().map(|f| (f.name, f.ty)).collect(), merged: vec![] });
         FromItem::Derived { slot, query: Box::new(query), alias, cte, columns, span }
     }
 
@@ -280,10 +290,6 @@ fn split_equalities(e: Expr, left: &[usize], right: &[usize], out: &mut Vec<(Exp
             out.push((l, r));
             Ok(())
         }
-        _ => Err(Error::unsupported(
-            "non-equi join conditions",
-            "join on equalities (a.key = b.key AND ...) and filter with WHERE",
-            Some(span),
-        )),
+        _ => Err(Error::unsupported("non-equi join conditions", "join on equalities (a.key = b.key AND ...) and filter with WHERE", Some(span))),
     }
 }

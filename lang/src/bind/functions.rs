@@ -2,8 +2,8 @@
 //! and documentation (shown by inspect and completion), and how calls are
 //! typed. A name not in [`FUNCTIONS`] is refused.
 
-use super::expr::{ExprCtx, date_field_name, expect_numeric, expect_type, lit};
 use super::Binder;
+use super::expr::{ExprCtx, date_field_name, expect_numeric, expect_type, lit};
 use crate::error::{Error, Result};
 use crate::ir::{AggFunc, Expr, ExprKind, Literal, ScalarFunc};
 use crate::span::Span;
@@ -47,7 +47,12 @@ pub const FUNCTIONS: &[FunctionDoc] = &[
     f!("var_samp", A(AggFunc::Variance), "VAR_SAMP(x) -> DOUBLE", "Alias of VARIANCE."),
     f!("median", A(AggFunc::Median), "MEDIAN(x) -> DOUBLE", "Median. Returns one person's value: only where the owner allows it."),
     f!("quantile_cont", A(AggFunc::Quantile), "QUANTILE_CONT(x, q) -> DOUBLE", "Interpolated quantile q in [0, 1]. Only where the owner allows it."),
-    f!("percentile_cont", A(AggFunc::Quantile), "PERCENTILE_CONT(q) WITHIN GROUP (ORDER BY x) -> DOUBLE", "Interpolated percentile, SQL-standard form of QUANTILE_CONT."),
+    f!(
+        "percentile_cont",
+        A(AggFunc::Quantile),
+        "PERCENTILE_CONT(q) WITHIN GROUP (ORDER BY x) -> DOUBLE",
+        "Interpolated percentile, SQL-standard form of QUANTILE_CONT."
+    ),
     f!("corr", A(AggFunc::Corr), "CORR(y, x) -> DOUBLE", "Pearson correlation coefficient of two (clamped) columns."),
     f!("covar_samp", A(AggFunc::CovarSamp), "COVAR_SAMP(y, x) -> DOUBLE", "Sample covariance of two (clamped) columns."),
     f!("lower", S(ScalarFunc::Lower), "LOWER(text) -> TEXT", "Lower-case text."),
@@ -59,7 +64,12 @@ pub const FUNCTIONS: &[FunctionDoc] = &[
     f!("trim", S(ScalarFunc::Trim), "TRIM(text) -> TEXT", "Removes leading and trailing whitespace."),
     f!("ltrim", S(ScalarFunc::Ltrim), "LTRIM(text) -> TEXT", "Removes leading whitespace."),
     f!("rtrim", S(ScalarFunc::Rtrim), "RTRIM(text) -> TEXT", "Removes trailing whitespace."),
-    f!("round", S(ScalarFunc::Round), "ROUND(x [, digits]) -> DOUBLE", "Rounds half away from zero to `digits` decimals (default 0), as the number prints: ROUND(2.675, 2) is 2.68."),
+    f!(
+        "round",
+        S(ScalarFunc::Round),
+        "ROUND(x [, digits]) -> DOUBLE",
+        "Rounds half away from zero to `digits` decimals (default 0), as the number prints: ROUND(2.675, 2) is 2.68."
+    ),
     f!("floor", S(ScalarFunc::Floor), "FLOOR(x) -> same type", "Largest integer not above x."),
     f!("ceil", S(ScalarFunc::Ceil), "CEIL(x) -> same type", "Smallest integer not below x."),
     f!("ceiling", S(ScalarFunc::Ceil), "CEILING(x) -> same type", "Alias of CEIL."),
@@ -74,9 +84,24 @@ pub const FUNCTIONS: &[FunctionDoc] = &[
     f!("year", S(ScalarFunc::Year), "YEAR(date) -> BIGINT", "Calendar year."),
     f!("month", S(ScalarFunc::Month), "MONTH(date) -> BIGINT", "Month, 1 to 12."),
     f!("day", S(ScalarFunc::Day), "DAY(date) -> BIGINT", "Day of the month."),
-    f!("date_trunc", S(ScalarFunc::DateTrunc), "DATE_TRUNC('year'|'quarter'|'month'|'week'|'day', date) -> same type", "Truncates a date to the start of its period."),
-    f!("date_part", S(ScalarFunc::DatePart), "DATE_PART('field', date) -> BIGINT", "A part of a date: year, quarter, month, week, day, dow, doy, hour, minute, second."),
-    f!("width_bucket", S(ScalarFunc::WidthBucket), "WIDTH_BUCKET(x, low, high, n) -> BIGINT", "Equal-width bin number of x: 1..n inside [low, high), 0 below, n+1 at or above high; exact on edges. For histograms."),
+    f!(
+        "date_trunc",
+        S(ScalarFunc::DateTrunc),
+        "DATE_TRUNC('year'|'quarter'|'month'|'week'|'day', date) -> same type",
+        "Truncates a date to the start of its period."
+    ),
+    f!(
+        "date_part",
+        S(ScalarFunc::DatePart),
+        "DATE_PART('field', date) -> BIGINT",
+        "A part of a date: year, quarter, month, week, day, dow, doy, hour, minute, second."
+    ),
+    f!(
+        "width_bucket",
+        S(ScalarFunc::WidthBucket),
+        "WIDTH_BUCKET(x, low, high, n) -> BIGINT",
+        "Equal-width bin number of x: 1..n inside [low, high), 0 below, n+1 at or above high; exact on edges. For histograms."
+    ),
 ];
 
 /// Looks a function up by name (case-insensitive).
@@ -141,12 +166,14 @@ impl Binder<'_> {
                 // date_part's first argument is a field name, not a value.
                 let mut bound = Vec::new();
                 for (i, e) in exprs.iter().enumerate() {
-                    if func == ScalarFunc::DatePart && i == 0
+                    if func == ScalarFunc::DatePart
+                        && i == 0
                         && let ast::Expr::Value(v) = e
-                            && let ast::Value::SingleQuotedString(s) = &v.value {
-                                bound.push(lit(Literal::Text(date_field_name(s, span)?), self.span_of(*e, span)));
-                                continue;
-                            }
+                        && let ast::Value::SingleQuotedString(s) = &v.value
+                    {
+                        bound.push(lit(Literal::Text(date_field_name(s, span)?), self.span_of(*e, span)));
+                        continue;
+                    }
                     bound.push(self.expr(e, ctx)?);
                 }
                 self.scalar_checked(func, bound, span)
@@ -296,9 +323,10 @@ impl Binder<'_> {
                 arity(1, 2)?;
                 expect_numeric(&args[0], &name)?;
                 if let Some(d) = args.get(1)
-                    && !matches!(d.kind, ExprKind::Literal(Literal::Integer(0..=15))) {
-                        return Err(Error::invalid("ROUND's digits must be an integer literal from 0 to 15", Some(d.span)));
-                    }
+                    && !matches!(d.kind, ExprKind::Literal(Literal::Integer(0..=15)))
+                {
+                    return Err(Error::invalid("ROUND's digits must be an integer literal from 0 to 15", Some(d.span)));
+                }
                 SqlType::Double
             }
             Floor | Ceil | Abs => {
@@ -402,9 +430,5 @@ fn negated_literal(e: Expr) -> Expr {
 }
 
 fn expect_temporal(e: &Expr, what: &str) -> Result<()> {
-    if e.ty.is_temporal() {
-        Ok(())
-    } else {
-        Err(Error::invalid(format!("{what} expects a DATE or TIMESTAMP, but this expression is {}", e.ty), Some(e.span)))
-    }
+    if e.ty.is_temporal() { Ok(()) } else { Err(Error::invalid(format!("{what} expects a DATE or TIMESTAMP, but this expression is {}", e.ty), Some(e.span))) }
 }

@@ -13,8 +13,8 @@
 
 mod expr;
 pub use expr::parse_date;
-pub mod functions;
 mod from;
+pub mod functions;
 mod query;
 mod select;
 

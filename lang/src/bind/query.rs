@@ -15,7 +15,13 @@ const MAX_LIMIT: u64 = 1 << 40;
 impl Binder<'_> {
     pub(crate) fn query(&self, q: &ast::Query, env: &Env) -> Result<Query> {
         let span = self.span_of(q, self.whole());
-        if q.fetch.is_some() || !q.locks.is_empty() || q.for_clause.is_some() || q.settings.is_some() || q.format_clause.is_some() || !q.pipe_operators.is_empty() {
+        if q.fetch.is_some()
+            || !q.locks.is_empty()
+            || q.for_clause.is_some()
+            || q.settings.is_some()
+            || q.format_clause.is_some()
+            || !q.pipe_operators.is_empty()
+        {
             return Err(Error::unsupported("FETCH / FOR / SETTINGS / FORMAT / pipe syntax", "use LIMIT and OFFSET", Some(span)));
         }
         let mut env = env.nested()?;

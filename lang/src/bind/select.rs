@@ -122,12 +122,7 @@ impl Binder<'_> {
                             }
                             out.push(SelectItem {
                                 expr: Expr {
-                                    kind: ExprKind::Column(crate::ir::ColumnRef {
-                                        slot: leaf.slot,
-                                        index,
-                                        qualifier: leaf.alias.clone(),
-                                        name: name.clone(),
-                                    }),
+                                    kind: ExprKind::Column(crate::ir::ColumnRef { slot: leaf.slot, index, qualifier: leaf.alias.clone(), name: name.clone() }),
                                     ty: *ty,
                                     span: item_span,
                                 },
@@ -152,9 +147,8 @@ impl Binder<'_> {
     fn group_key(&self, g: &ast::Expr, scope: &Scope, projection: &[SelectItem]) -> Result<Expr> {
         let span = self.span_of(g, self.whole());
         if let Some(i) = ordinal(g) {
-            let item = projection
-                .get(i.wrapping_sub(1))
-                .ok_or_else(|| Error::invalid(format!("GROUP BY position {i} is not in the select list"), Some(span)))?;
+            let item =
+                projection.get(i.wrapping_sub(1)).ok_or_else(|| Error::invalid(format!("GROUP BY position {i} is not in the select list"), Some(span)))?;
             if item.expr.contains_aggregate() {
                 return Err(Error::invalid("cannot GROUP BY an aggregate", Some(span)));
             }
@@ -164,12 +158,13 @@ impl Binder<'_> {
             Ok(e) => Ok(e),
             Err(err @ Error::UnknownColumn { .. }) => {
                 if let ast::Expr::Identifier(id) = g
-                    && let Some(item) = projection.iter().find(|i| i.name.eq_ignore_ascii_case(&id.value)) {
-                        if item.expr.contains_aggregate() {
-                            return Err(Error::invalid("cannot GROUP BY an aggregate", Some(span)));
-                        }
-                        return Ok(item.expr.clone());
+                    && let Some(item) = projection.iter().find(|i| i.name.eq_ignore_ascii_case(&id.value))
+                {
+                    if item.expr.contains_aggregate() {
+                        return Err(Error::invalid("cannot GROUP BY an aggregate", Some(span)));
                     }
+                    return Ok(item.expr.clone());
+                }
                 Err(err)
             }
             Err(e) => Err(e),
@@ -257,10 +252,7 @@ pub(crate) fn distinct_names(items: &mut [SelectItem]) {
     let mut taken: std::collections::HashSet<String> = std::collections::HashSet::new();
     for item in items.iter_mut().filter(|i| !i.sort_only) {
         if !taken.insert(item.name.to_lowercase()) {
-            let name = (1..)
-                .map(|i| format!("{}_{i}", item.name))
-                .find(|candidate| !taken.contains(&candidate.to_lowercase()))
-                .unwrap_or_default();
+            let name = (1..).map(|i| format!("{}_{i}", item.name)).find(|candidate| !taken.contains(&candidate.to_lowercase())).unwrap_or_default();
             taken.insert(name.to_lowercase());
             item.name = name;
         }
@@ -275,10 +267,7 @@ pub(crate) fn check_grouped(e: &Expr, group_by: &[Expr]) -> Result<()> {
     }
     match &e.kind {
         ExprKind::Aggregate { .. } | ExprKind::Literal(_) => Ok(()),
-        ExprKind::Column(c) => Err(Error::invalid(
-            format!("column `{}` must appear in GROUP BY or be used inside an aggregate", c.name),
-            Some(e.span),
-        )),
+        ExprKind::Column(c) => Err(Error::invalid(format!("column `{}` must appear in GROUP BY or be used inside an aggregate", c.name), Some(e.span))),
         _ => e.children().into_iter().try_for_each(|c| check_grouped(c, group_by)),
     }
 }

@@ -128,7 +128,13 @@ fn literal(l: &Literal, ty: SqlType) -> PExpr {
 /// Converts a value of type `from` to `to` (the SQL way, never failing),
 /// e.g. to the common type it is compared in.
 pub(crate) fn convert(e: PExpr, from: SqlType, to: SqlType) -> PExpr {
-    if from == to { e } else if from == SqlType::Null { e.cast(to.to_polars()) } else { cast(e, from, to) }
+    if from == to {
+        e
+    } else if from == SqlType::Null {
+        e.cast(to.to_polars())
+    } else {
+        cast(e, from, to)
+    }
 }
 
 fn cast(e: PExpr, from: SqlType, to: SqlType) -> PExpr {
@@ -220,11 +226,8 @@ where
             let (a, b) = (cols[0].as_materialized_series().unpack::<T>()?, cols[1].as_materialized_series().unpack::<T>()?);
             let at = |c: &pl::ChunkedArray<T>, i: usize| if c.len() == 1 { c.get(0) } else { c.get(i) };
             let len = if a.len() == 1 { b.len() } else { a.len() };
-            let out: pl::ChunkedArray<T> = if a.len() == b.len() {
-                a.iter().zip(b.iter()).map(|(x, y)| f(x?, y?)).collect()
-            } else {
-                (0..len).map(|i| f(at(a, i)?, at(b, i)?)).collect()
-            };
+            let out: pl::ChunkedArray<T> =
+                if a.len() == b.len() { a.iter().zip(b.iter()).map(|(x, y)| f(x?, y?)).collect() } else { (0..len).map(|i| f(at(a, i)?, at(b, i)?)).collect() };
             Ok(out.with_name(cols[0].name().clone()).into_column())
         },
         &[r.cast(dtype)],
@@ -266,7 +269,7 @@ fn scalar(func: ScalarFunc, args: &[Expr], ty: SqlType, resolve: &dyn Fn(&Expr) 
             let offset = (start.clone() - lit(1i64)).clip_min(lit(0i64));
             let length = match args.get(2) {
                 // SQL counts the length from `start` even when start < 1.
-                Some(_) => (a(2)? .cast(DataType::Int64) + pl::when(start.clone().lt(lit(1i64))).then(start - lit(1i64)).otherwise(lit(0i64)))
+                Some(_) => (a(2)?.cast(DataType::Int64) + pl::when(start.clone().lt(lit(1i64))).then(start - lit(1i64)).otherwise(lit(0i64)))
                     .clip_min(lit(0i64))
                     .cast(DataType::UInt64),
                 None => s.clone().str().len_chars().cast(DataType::UInt64),
@@ -394,8 +397,7 @@ fn width_bucket(x: PExpr, args: &[Expr]) -> Result<PExpr> {
             let thresholds = edges.integer_thresholds(guess);
             x.cast(DataType::Int64).map_with_fmt_str(
                 move |c: pl::Column| {
-                    let out: pl::Int64Chunked =
-                        c.i64()?.iter().map(|v| v.map(|v| decimal::bucket(&thresholds, &i128::from(v)))).collect();
+                    let out: pl::Int64Chunked = c.i64()?.iter().map(|v| v.map(|v| decimal::bucket(&thresholds, &i128::from(v)))).collect();
                     Ok(out.with_name(c.name().clone()).into_column())
                 },
                 output,
@@ -408,11 +410,7 @@ fn width_bucket(x: PExpr, args: &[Expr]) -> Result<PExpr> {
             x.cast(DataType::Float64).map_with_fmt_str(
                 move |c: pl::Column| {
                     // NaN (0/0) has no bucket.
-                    let out: pl::Int64Chunked = c
-                        .f64()?
-                        .iter()
-                        .map(|v| v.filter(|v| !v.is_nan()).map(|v| decimal::bucket(&thresholds, &v)))
-                        .collect();
+                    let out: pl::Int64Chunked = c.f64()?.iter().map(|v| v.filter(|v| !v.is_nan()).map(|v| decimal::bucket(&thresholds, &v))).collect();
                     Ok(out.with_name(c.name().clone()).into_column())
                 },
                 output,
@@ -434,8 +432,8 @@ pub(crate) fn aggregate(func: AggFunc, args: &[Expr], distinct: bool, ty: SqlTyp
     let none = |_: &Expr| None;
     let per_row = |e: &Expr| -> Result<PExpr> { Ok(per_row(e, lower(e, &none)?)) };
     // Floating-point sums whose digits depend on the order of addition.
-    let order_sensitive = matches!(func, AggFunc::Sum | AggFunc::Avg | AggFunc::Stddev | AggFunc::Variance)
-        && args.first().is_some_and(|a| a.ty == SqlType::Double);
+    let order_sensitive =
+        matches!(func, AggFunc::Sum | AggFunc::Avg | AggFunc::Stddev | AggFunc::Variance) && args.first().is_some_and(|a| a.ty == SqlType::Double);
     let arg = |i: usize| -> Result<PExpr> {
         let x = per_row(&args[i])?;
         Ok(match keep {
@@ -515,11 +513,7 @@ pub fn like_to_regex(pattern: &str, case_insensitive: bool) -> String {
 }
 
 fn regex_escape(s: &str) -> String {
-    s.chars()
-        .flat_map(|c| {
-            if "\\.+*?()|[]{}^$#&-~".contains(c) { vec!['\\', c] } else { vec![c] }
-        })
-        .collect()
+    s.chars().flat_map(|c| if "\\.+*?()|[]{}^$#&-~".contains(c) { vec!['\\', c] } else { vec![c] }).collect()
 }
 
 #[cfg(test)]
