@@ -330,14 +330,10 @@ fn check_aggregate(e: &Expr, scope: &Scope) -> Result<()> {
         // (VAR(x + y) - VAR(x) - VAR(y) = 2 COV(x, y)), and products act as
         // hidden filters: second moments take columns only.
         let second_moment = matches!(func, AggFunc::Stddev | AggFunc::Variance | AggFunc::Corr | AggFunc::CovarSamp);
-        let bare = |e: &Expr| match &e.kind {
-            ExprKind::Column(_) => true,
-            ExprKind::Cast { expr, to: SqlType::Double } => matches!(expr.kind, ExprKind::Column(_)),
-            _ => false,
-        };
         // Through subqueries and CTEs too: the column must pass a table's
-        // column on unchanged (`age + died AS x` below is arithmetic here).
-        if second_moment && !(bare(arg) && info.base.is_some()) {
+        // column on unchanged (`age + died AS x` below is arithmetic here;
+        // so is a cast, whose info has no base column).
+        if second_moment && !(matches!(arg.kind, ExprKind::Column(_)) && info.base.is_some()) {
             return Err(Error::refused(
                 Rule::ConditionalAggregate,
                 format!(
