@@ -15,7 +15,17 @@ Sources:
   demo config (`safe-data demo DIR` writes DIR/safe-data.toml; pass it with
   --demo-config), and a few broken variants;
 - wire_frames: the messages of tests/fixtures/signed_messages.json, framed
-  as the target splits its input (an options byte, frames joined by 0xFF).
+  as the target splits its input (an options byte, frames joined by 0xFF);
+- sql_check also gets hostile statements (issue 20: repeated CHART headers,
+  long WITH chains, deep nesting, wide SELECTs), each under 8 KB;
+- editor_services: the test cases and the hostile shapes in the target's
+  format (a repeat exponent, a cursor, pieces joined by 0xFF);
+- history_glob: patterns and texts joined by 0xFF, backtracking traps
+  included.
+
+    python3 fuzz/make_seeds.py --targets editor_services,history_glob
+
+writes the seeds of some targets only.
 """
 
 import argparse
@@ -203,13 +213,119 @@ def wire_seeds():
     return n + 4
 
 
+HOSTILE_QUERY = "SELECT sex, COUNT(*) AS n FROM patients GROUP BY sex"
+
+
+def nested_chains(levels, length):
+    inner = "1"
+    for _ in range(levels):
+        inner = "(" + inner + " + 1" * length + ")"
+    return "SELECT " + inner + " AS x"
+
+
+def hostile_statements():
+    """Statements past the parse and bind bounds (issue 20), each under 8 KB (the fuzzer's max_len)."""
+    chain = ", ".join(f"c{i} AS (SELECT sex FROM c{i - 1})" for i in range(1, 150))
+    doubling = ", ".join(f"c{i} AS (SELECT x.sex FROM c{i - 1} x JOIN c{i - 1} y ON x.sex = y.sex)" for i in range(1, 30))
+    return {
+        "chart-300": "CHART BAR " * 300 + HOSTILE_QUERY,
+        "chart-twice": "CHART BAR (x = sex) CHART LINE " + HOSTILE_QUERY,
+        "cte-chain": f"WITH c0 AS (SELECT sex FROM patients), {chain} SELECT COUNT(*) AS n FROM c149",
+        "cte-doubling": f"WITH c0 AS (SELECT sex FROM patients), {doubling} SELECT sex, COUNT(*) AS n FROM c29 GROUP BY sex",
+        "parens": "SELECT " + "(" * 2000 + "1" + ")" * 2000,
+        "sum": "SELECT " + "1 + " * 2000 + "1",
+        "and": "SELECT COUNT(*) FROM patients WHERE " + " AND ".join(["age > 1"] * 600),
+        "union": " UNION ALL ".join([HOSTILE_QUERY] * 120),
+        "subqueries": "SELECT * FROM " + "(SELECT * FROM " * 400 + "patients" + ") s" * 400,
+        "not": "SELECT " + "NOT " * 2000 + "TRUE",
+        "case": "SELECT " + "CASE WHEN TRUE THEN " * 300 + "1" + " END" * 300,
+        "nested-chains": nested_chains(12, 100),
+        "wide": "SELECT " + ", ".join(["age"] * 1100) + " FROM patients",
+        "group-keys": "SELECT COUNT(*) AS n FROM patients GROUP BY " + ", ".join(f"age + {i}" for i in range(200)),
+        "statements": "SELECT 1;" * 300,
+    }
+
+
+def hostile_sql_seeds():
+    for name, sql in hostile_statements().items():
+        write("sql_check", f"hostile-{name}", sql)
+    return len(hostile_statements())
+
+
+def editor_seed(name, exponent, cursor, head="", middle="", tail=""):
+    """An editor_services input: the cell is head x 2**exponent + middle + tail x 2**exponent."""
+    data = bytes([exponent]) + (cursor % 65536).to_bytes(2, "little") + SEPARATOR.join(p.encode() for p in (head, middle, tail))
+    write("editor_services", name, data)
+
+
+def editor_seeds():
+    n = 0
+    for i, (group, sql) in enumerate(test_cases()):
+        if i % 4 == 0:  # a sample: the services read little of a statement
+            editor_seed(f"case-{group}", 0, len(sql) // 2 + i, middle=sql)
+            n += 1
+    for name, sql in hostile_statements().items():
+        editor_seed(f"hostile-{name}", 0, len(sql), middle=sql)
+        n += 1
+    q = HOSTILE_QUERY
+    for name, args in {
+        "chart-300": (9, 0, "CHART BAR ", q),                                  # 5 KB
+        "chart-12000": (14, 65535, "CHART BAR ", q + ";"),                     # 160 KB
+        "parens": (15, 20, "(", "1", ")"),
+        "unclosed-parens": (15, 65535, "(", "a"),
+        "open-quote": (15, 3, "(", "SELECT '"),
+        "sum": (15, 65535, "1 + ", "1 FROM patients;"),
+        "union": (12, 100, "SELECT 1 AS a UNION ALL ", "SELECT 1 AS a;"),
+        "subqueries": (11, 65535, "(SELECT * FROM ", "patients", ") s"),
+        "not": (15, 7, "NOT ", "TRUE;"),
+        "case": (13, 9, "CASE WHEN TRUE THEN ", "1", " END"),
+        "cte": (12, 30, "WITH c AS (SELECT sex FROM patients) ", "SELECT * FROM c;"),
+        "over-the-cap": (15, 65535, "SELECT 1; ", "SEL"),
+        "statements": (10, 4, "SELECT age FROM patients; ", "SELECT a"),
+        "multibyte": (13, 333, "é😀 ", "SELECT pat"),
+    }.items():
+        editor_seed(f"hostile-{name}", *args)
+        n += 1
+    return n
+
+
+def glob_seeds():
+    cases = {
+        "star": ("*", ""),
+        "prefix": ("SELECT*", "SELECT 1"),
+        "contains": ("*count*", "select count(*)"),
+        "question": ("a?c", "abc"),
+        "question-miss": ("a?c", "abbc"),
+        "multibyte": ("é?*", "éü😀"),
+        # Issue 20, finding 10 (scaled to the fuzzer's 8 KB): backtracking traps.
+        "trap": ("*" + "A" * 1000 + "B", "A" * 6000),
+        "many-stars": ("*A" * 500 + "B", "A" * 6000),
+        "star-question": ("*?" * 1000, "x" * 5000),
+        "no-text": ("*" * 8000, ""),
+        "invalid-utf8": ("\udcc3*", "x"),
+    }
+    for name, (pattern, text) in cases.items():
+        data = pattern.encode("utf-8", "surrogateescape") + SEPARATOR + text.encode()
+        write("history_glob", name, data)
+    return len(cases)
+
+
+TARGETS = {
+    "sql_check": lambda args: sql_seeds() + hostile_sql_seeds(),
+    "config": lambda args: config_seeds(args.demo_config),
+    "wire_frames": lambda args: wire_seeds(),
+    "editor_services": lambda args: editor_seeds(),
+    "history_glob": lambda args: glob_seeds(),
+}
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--demo-config", help="DIR/safe-data.toml written by `safe-data demo DIR`")
+    ap.add_argument("--targets", default=",".join(TARGETS), help="comma-separated targets (default: all)")
     args = ap.parse_args()
-    print("sql_check:", sql_seeds())
-    print("config:", config_seeds(args.demo_config))
-    print("wire_frames:", wire_seeds())
+    for target in args.targets.split(","):
+        print(f"{target}:", TARGETS[target](args))
 
 
 if __name__ == "__main__":

@@ -9,7 +9,8 @@
 # fuzz/corpus-work/<target>/ (git-ignored); crashes to fuzz/artifacts/<target>/.
 #
 # Environment:
-#   FUZZ_TARGETS="sql_check config wire_frames metamorphic"   targets to run
+#   FUZZ_TARGETS="sql_check config wire_frames metamorphic editor_services history_glob history_request"
+#                       targets to run
 #   FUZZ_BUILD_FLAGS="--sanitizer none --codegen-units 16"
 #   FUZZ_JOBS=1         parallel fuzzing processes per target (libFuzzer -fork)
 #   FUZZ_KEEP_GOING=1   do not stop at the first crash (libFuzzer -fork with
@@ -25,7 +26,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 SECONDS_PER_TARGET=${1:-60}
-TARGETS=${FUZZ_TARGETS:-"sql_check config wire_frames metamorphic"}
+TARGETS=${FUZZ_TARGETS:-"sql_check config wire_frames metamorphic editor_services history_glob history_request"}
 BUILD_FLAGS=${FUZZ_BUILD_FLAGS:-"--sanitizer none --codegen-units 16"}
 JOBS=${FUZZ_JOBS:-1}
 

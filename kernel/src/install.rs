@@ -1,11 +1,21 @@
 //! `safe-data install`: writes the kernelspec where `jupyter kernelspec list` finds it.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 const LOGO_32: &[u8] = include_bytes!("../../kernelspec/logo-32x32.png");
 const LOGO_64: &[u8] = include_bytes!("../../kernelspec/logo-64x64.png");
 const LOGO_SVG: &[u8] = include_bytes!("../../kernelspec/logo-svg.svg");
 const TEMPLATE: &str = include_str!("../../kernelspec/kernel.json.in");
+
+/// Where the kernel finds the data.
+#[derive(Debug, Clone)]
+pub enum Source {
+    /// The owner's configuration, opened by the kernel itself (one process).
+    Config(PathBuf),
+    /// The data service's socket (`safe-data kernel --service SOCKET`): the
+    /// kernelspec then names no configuration and no data path.
+    Service(PathBuf),
+}
 
 /// Where the kernelspec goes.
 #[derive(Debug, Clone)]
@@ -54,18 +64,29 @@ fn json_string(s: &str) -> String {
     serde_json::to_string(s).unwrap_or_default()
 }
 
+/// The kernel's flag, the path it takes (absolute), and the metadata key.
+fn source_args(source: &Source) -> Result<(&'static str, PathBuf, &'static str), String> {
+    Ok(match source {
+        Source::Config(config) => ("--config", std::fs::canonicalize(config).map_err(|e| format!("cannot find {}: {e}", config.display()))?, "config"),
+        // The socket need not exist yet (the service may start later).
+        Source::Service(socket) => ("--service", std::path::absolute(socket).map_err(|e| format!("cannot resolve {}: {e}", socket.display()))?, "service"),
+    })
+}
+
 /// Writes `kernel.json` and the logos; returns the kernelspec folder.
-pub fn install(config: &Path, name: &str, display_name: &str, location: &Location) -> Result<PathBuf, String> {
+pub fn install(source: &Source, name: &str, display_name: &str, location: &Location) -> Result<PathBuf, String> {
     if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
         return Err(format!("kernel name `{name}` may only contain letters, digits, '-', '_' and '.'"));
     }
     let binary = std::env::current_exe().and_then(std::fs::canonicalize).map_err(|e| format!("cannot locate the safe-data binary: {e}"))?;
-    let config = std::fs::canonicalize(config).map_err(|e| format!("cannot find {}: {e}", config.display()))?;
+    let (flag, path, key) = source_args(source)?;
     let dir = kernels_dir(location)?.join(name);
     std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     let kernel_json = TEMPLATE
         .replace("@BINARY@", &json_string(&binary.display().to_string()))
-        .replace("@CONFIG@", &json_string(&config.display().to_string()))
+        .replace("@SOURCE_FLAG@", &json_string(flag))
+        .replace("@SOURCE_KEY@", &json_string(key))
+        .replace("@SOURCE@", &json_string(&path.display().to_string()))
         .replace("@DISPLAY_NAME@", &json_string(display_name))
         .replace("@VERSION@", &json_string(env!("CARGO_PKG_VERSION")));
     // Validate what we write.

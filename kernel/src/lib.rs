@@ -3,11 +3,14 @@
 //! through them.
 
 pub mod demo;
+pub mod deploy;
 pub mod frame_guard;
 pub mod history;
 pub mod install;
 pub mod kernel;
 pub mod memory;
 pub mod render;
+pub mod sandbox;
+pub mod service;
 pub mod vegalite;
 pub mod wire;

@@ -1,6 +1,8 @@
 //! `safe-data`: a Jupyter kernel that evaluates only policy-checked SQL.
 
-use safe_data_kernel::{demo, install, kernel, memory, render};
+use safe_data_kernel::kernel::backend::{Backend, Embedded};
+use safe_data_kernel::service::client::Remote;
+use safe_data_kernel::{demo, deploy, install, kernel, memory, render};
 
 /// Counts allocated bytes for the owner's memory budget (`max_memory_mb`).
 #[global_allocator]
@@ -26,13 +28,25 @@ struct Cli {
 enum Command {
     /// Run the kernel (what kernel.json starts).
     Kernel {
-        #[arg(long, value_name = "FILE")]
+        #[arg(short = 'f', long, value_name = "FILE")]
         connection_file: PathBuf,
-        #[arg(long, value_name = "FILE")]
-        config: PathBuf,
+        #[command(flatten)]
+        source: KernelSource,
     },
     /// Install the kernelspec so Jupyter lists "Safe Data".
     Install(InstallArgs),
+    /// Run the data service: the only process that opens the data, the audit
+    /// log and the histories; kernels started with --service connect to it.
+    Serve {
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// One of the service's query processes (started by `serve`, not by hand).
+    #[command(hide = true)]
+    Worker {
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+    },
     /// Run SQL through the same pipeline and policy from a terminal.
     Query {
         #[arg(long, value_name = "FILE")]
@@ -65,6 +79,20 @@ enum Command {
         #[arg(long, default_value_t = demo::DEFAULT_PATIENTS)]
         patients: usize,
     },
+    #[command(flatten)]
+    Deploy(deploy::Command),
+}
+
+/// Where a kernel finds the data: in this process, or in the data service.
+#[derive(Args)]
+#[group(required = true, multiple = false)]
+struct KernelSource {
+    /// Open the owner's configuration in this process (one user, the demo, the tests).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Forward every request to the data service listening on SOCKET (`safe-data serve`).
+    #[arg(long, value_name = "SOCKET")]
+    service: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -83,11 +111,11 @@ struct Where {
 
 #[derive(Args)]
 struct InstallArgs {
-    #[arg(long, value_name = "FILE")]
-    config: PathBuf,
+    #[command(flatten)]
+    source: KernelSource,
     #[arg(long, default_value = "safe-data")]
     name: String,
-    /// Defaults to the config's server.display_name.
+    /// Defaults to the config's server.display_name (with --service: "Safe Data").
     #[arg(long)]
     display_name: Option<String>,
     #[command(flatten)]
@@ -140,47 +168,18 @@ fn main() -> ExitCode {
     }));
     let cli = Cli::parse();
     match cli.command {
-        Command::Kernel { connection_file, config } => {
-            let catalog = match load(&config) {
-                Ok(c) => Arc::new(c),
-                Err(e) => return fail(e),
-            };
-            // Start-up (loader, config, catalog) is done: drop the pages only it used.
-            memory::map_binary_sparsely();
-            // Interrupts, timeouts and the memory budget stop polars itself.
-            safe_data_lang::engine::enable_aborts();
-            safe_data_lang::engine::set_memory_gauge(memory::in_use);
-            let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
-                Ok(r) => r,
-                Err(e) => return fail(format!("cannot start the runtime: {e}")),
-            };
-            match runtime.block_on(kernel::run(&connection_file, catalog)) {
-                Ok(()) => {
-                    runtime.shutdown_timeout(std::time::Duration::from_millis(100));
-                    ExitCode::SUCCESS
-                }
-                Err(e) => fail(e),
-            }
-        }
-        Command::Install(args) => {
-            let catalog = match load(&args.config) {
-                Ok(c) => c,
-                Err(e) => return fail(e),
-            };
-            let display = args.display_name.unwrap_or_else(|| catalog.config.server.display_name.clone());
-            let location = match (args.location.sys_prefix, args.location.prefix) {
-                (true, _) => install::Location::SysPrefix,
-                (_, Some(p)) => install::Location::Prefix(p),
-                _ => install::Location::User,
-            };
-            match install::install(&args.config, &args.name, &display, &location) {
-                Ok(dir) => {
-                    println!("Installed kernelspec `{}` ({display}) in {}", args.name, dir.display());
-                    ExitCode::SUCCESS
-                }
-                Err(e) => fail(e),
-            }
-        }
+        Command::Kernel { connection_file, source: KernelSource { config: Some(config), .. } } => embedded_kernel(&connection_file, &config),
+        Command::Kernel { connection_file, source: KernelSource { service: Some(socket), .. } } => service_kernel(&connection_file, &socket),
+        Command::Kernel { .. } => fail("give --config FILE (one process) or --service SOCKET (the data service)"),
+        Command::Install(args) => install(args),
+        Command::Serve { config } => match safe_data_kernel::service::server::serve(&config) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail(e),
+        },
+        Command::Worker { config } => match safe_data_kernel::service::worker::run(&config) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail(format!("worker: {e}")),
+        },
         Command::Query { config, format, file, sql } => match statements(file.as_deref(), sql) {
             Ok(sql) => query(&config, format, &sql),
             Err(e) => fail(e),
@@ -218,6 +217,45 @@ fn main() -> ExitCode {
             }
             Err(e) => fail(e),
         },
+        Command::Deploy(command) => deploy::run(command),
+    }
+}
+
+/// The kernel's runtime: two worker threads move the sockets' frames.
+fn kernel_runtime() -> Result<tokio::runtime::Runtime, String> {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().map_err(|e| format!("cannot start the runtime: {e}"))
+}
+
+/// Serves a kernel until it is shut down.
+fn run_kernel(runtime: tokio::runtime::Runtime, connection_file: &Path, backend: Arc<dyn Backend>, options: kernel::Options) -> ExitCode {
+    match runtime.block_on(kernel::run(connection_file, backend, options)) {
+        Ok(()) => {
+            runtime.shutdown_timeout(std::time::Duration::from_millis(100));
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(e),
+    }
+}
+
+/// `safe-data kernel --config C`: everything in this process.
+fn embedded_kernel(connection_file: &Path, config: &Path) -> ExitCode {
+    let catalog = match load(config) {
+        Ok(c) => Arc::new(c),
+        Err(e) => return fail(e),
+    };
+    let options = kernel::Options::new(catalog.config.server.max_message_mb);
+    let backend = match Embedded::open(catalog, options.session.clone()) {
+        Ok(b) => Arc::new(b),
+        Err(e) => return fail(kernel::KernelError::Audit(e)),
+    };
+    // Start-up (loader, config, catalog) is done: drop the pages only it used.
+    memory::map_binary_sparsely();
+    // Interrupts, timeouts and the memory budget stop polars itself.
+    safe_data_lang::engine::enable_aborts();
+    safe_data_lang::engine::set_memory_gauge(memory::in_use);
+    match kernel_runtime() {
+        Ok(runtime) => run_kernel(runtime, connection_file, backend, options),
+        Err(e) => fail(e),
     }
 }
 
@@ -282,4 +320,54 @@ fn report(sql: &str, message: &str, span: Option<safe_data_lang::span::Span>) ->
         eprintln!("{}", caret_snippet(sql, span));
     }
     ExitCode::FAILURE
+}
+
+/// The message cap of a service-mode kernel, which reads no configuration
+/// (`max_message_mb`'s default).
+const SERVICE_MODE_MAX_MESSAGE_MB: u64 = 64;
+
+/// `safe-data kernel --service SOCKET`: every request goes to the data
+/// service; this process opens no data file and reads no configuration.
+fn service_kernel(connection_file: &Path, socket: &Path) -> ExitCode {
+    // No core dumps, not dumpable, no new privileges: before any thread starts.
+    if let Err(e) = safe_data_kernel::sandbox::harden_process() {
+        tracing::warn!("the kernel process could not be hardened: {e}");
+    }
+    let runtime = match kernel_runtime() {
+        Ok(r) => r,
+        Err(e) => return fail(e),
+    };
+    let remote = Arc::new(Remote::new(socket.to_path_buf(), runtime.handle().clone()));
+    if let Err(e) = remote.connect() {
+        // The kernel starts anyway: each cell says so, and tries again.
+        tracing::warn!("the Safe Data service is not reachable at {}: {e}", socket.display());
+    }
+    memory::map_binary_sparsely();
+    let options = kernel::Options { confine: true, ..kernel::Options::new(SERVICE_MODE_MAX_MESSAGE_MB) };
+    run_kernel(runtime, connection_file, remote, options)
+}
+
+/// `safe-data install`: a kernelspec for one process (--config) or for the service (--service).
+fn install(args: InstallArgs) -> ExitCode {
+    let location = match (args.location.sys_prefix, args.location.prefix) {
+        (true, _) => install::Location::SysPrefix,
+        (_, Some(p)) => install::Location::Prefix(p),
+        _ => install::Location::User,
+    };
+    let (source, default_name) = match args.source {
+        KernelSource { config: Some(config), .. } => match load(&config) {
+            Ok(catalog) => (install::Source::Config(config), catalog.config.server.display_name.clone()),
+            Err(e) => return fail(e),
+        },
+        KernelSource { service: Some(socket), .. } => (install::Source::Service(socket), "Safe Data".to_string()),
+        KernelSource { .. } => return fail("give --config FILE or --service SOCKET"),
+    };
+    let display = args.display_name.unwrap_or(default_name);
+    match install::install(&source, &args.name, &display, &location) {
+        Ok(dir) => {
+            println!("Installed kernelspec `{}` ({display}) in {}", args.name, dir.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(e),
+    }
 }

@@ -46,6 +46,7 @@ struct RawConfig {
     server: RawServer,
     #[serde(default)]
     policy: RawPolicy,
+    service: Option<Spanned<RawService>>,
     #[serde(default)]
     tables: BTreeMap<String, Spanned<RawTable>>,
 }
@@ -59,6 +60,16 @@ struct RawServer {
     query_timeout_s: Option<Spanned<i64>>,
     max_memory_mb: Option<Spanned<i64>>,
     max_message_mb: Option<Spanned<i64>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawService {
+    socket: Option<Spanned<String>>,
+    socket_group: Option<Spanned<String>>,
+    allowed_users: Option<Vec<Spanned<String>>>,
+    allowed_groups: Option<Vec<Spanned<String>>>,
+    workers: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -105,6 +116,28 @@ pub struct ServerConfig {
     pub max_message_mb: u64,
 }
 
+/// The data service (`safe-data serve`): where it listens and who may
+/// connect. Present only when the file has a `[service]` section.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceConfig {
+    /// Absolute path of the Unix domain socket.
+    pub socket: PathBuf,
+    /// The socket is `0660 owner:group` with a group, `0666` without.
+    pub socket_group: Option<String>,
+    /// `None`: anyone who can open the socket (and is in `allowed_groups`,
+    /// if that is set).
+    pub allowed_users: Option<Vec<String>>,
+    /// `None`: no group condition.
+    pub allowed_groups: Option<Vec<String>>,
+    /// Queries that run at once (worker processes).
+    pub workers: usize,
+}
+
+/// The default size of the service's worker pool.
+pub const DEFAULT_WORKERS: usize = 4;
+/// The largest worker pool the configuration accepts.
+pub const MAX_WORKERS: usize = 64;
+
 /// The validated configuration. Column lists are as the owner wrote them;
 /// [`crate::catalog::Catalog::open`] checks them against the sources.
 #[derive(Debug, Clone)]
@@ -113,6 +146,7 @@ pub struct Config {
     pub server: ServerConfig,
     pub min_group_size: u64,
     pub tables: Vec<TableConfig>,
+    pub service: Option<ServiceConfig>,
 }
 
 #[derive(Debug, Clone)]
@@ -162,6 +196,45 @@ impl Ctx<'_> {
         Error::Config { file: self.file.clone(), line: self.line_of(offset), message: message.into() }
     }
 
+    /// Validates `[service]`; `offset` is where the section starts.
+    fn service(&self, base: &Path, offset: usize, raw: RawService) -> Result<ServiceConfig> {
+        let Some(socket) = raw.socket else {
+            return Err(self.err(offset, "[service] needs `socket`, the path of its Unix socket, e.g. socket = \"/run/safe-data/safe-data.sock\""));
+        };
+        if socket.get_ref().trim().is_empty() {
+            return Err(self.err(socket.span().start, "`socket` must be a path, e.g. socket = \"/run/safe-data/safe-data.sock\""));
+        }
+        let name_list = |list: Option<Vec<Spanned<String>>>, key: &str| -> Result<Option<Vec<String>>> {
+            let Some(list) = list else { return Ok(None) };
+            let mut names = Vec::new();
+            for n in list {
+                if !is_account_name(n.get_ref()) {
+                    return Err(self.err(n.span().start, format!("`{key}` lists OS account or group names, e.g. {key} = [\"alice\", \"bob\"]")));
+                }
+                names.push(n.into_inner());
+            }
+            Ok(Some(names))
+        };
+        let socket_group = match raw.socket_group {
+            Some(g) if !is_account_name(g.get_ref()) => {
+                return Err(self.err(g.span().start, "`socket_group` must be an OS group name, e.g. socket_group = \"scientists\""));
+            }
+            g => g.map(Spanned::into_inner),
+        };
+        let workers = self.positive(&raw.workers, "workers", DEFAULT_WORKERS as u64)? as usize;
+        if workers > MAX_WORKERS {
+            let at = raw.workers.as_ref().map(|w| w.span().start).unwrap_or(offset);
+            return Err(self.err(at, format!("`workers` must be at most {MAX_WORKERS}")));
+        }
+        Ok(ServiceConfig {
+            socket: base.join(socket.get_ref()),
+            socket_group,
+            allowed_users: name_list(raw.allowed_users, "allowed_users")?,
+            allowed_groups: name_list(raw.allowed_groups, "allowed_groups")?,
+            workers,
+        })
+    }
+
     fn positive(&self, value: &Option<Spanned<i64>>, key: &str, default: u64) -> Result<u64> {
         match value {
             None => Ok(default),
@@ -206,6 +279,11 @@ impl Config {
             query_timeout: Duration::from_secs(timeout),
             max_memory_mb,
             max_message_mb,
+        };
+
+        let service = match raw.service {
+            None => None,
+            Some(spanned) => Some(ctx.service(&base, spanned.span().start, spanned.into_inner())?),
         };
 
         let mut tables = Vec::new();
@@ -283,13 +361,21 @@ impl Config {
         if tables.is_empty() {
             return Err(Error::Config { file: ctx.file.clone(), line: 0, message: "no tables: add a [tables.<name>] section with a `source`".into() });
         }
-        Ok(Config { path: path.to_path_buf(), server, min_group_size, tables })
+        Ok(Config { path: path.to_path_buf(), server, min_group_size, tables, service })
     }
 
     /// The error for a problem found later (e.g. against the source schema).
     pub(crate) fn error_at(&self, line: usize, message: impl Into<String>) -> Error {
         Error::Config { file: self.path.display().to_string(), line, message: message.into() }
     }
+}
+
+/// A POSIX-portable account or group name (what `useradd` accepts).
+fn is_account_name(s: &str) -> bool {
+    let mut chars = s.chars();
+    chars.next().is_some_and(|c| c.is_ascii_alphanumeric() || c == '_')
+        && s.len() <= 32
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
 }
 
 pub(crate) fn is_identifier(s: &str) -> bool {
@@ -320,6 +406,33 @@ mod tests {
         assert_eq!(c.server.max_rows, 1000);
         assert_eq!(c.tables[0].min_group_size, 10);
         assert!(c.server.state_dir.ends_with("state"));
+    }
+
+    #[test]
+    fn service_section_is_optional_and_validated() {
+        let d = tmp("service");
+        let table = "[tables.t]\nsource = \"t.csv\"\nprivacy_unit = \"id\"\n";
+        assert_eq!(parse_in(&d, table).unwrap().service, None);
+        let c =
+            parse_in(&d, &format!("[service]\nsocket = \"run/sd.sock\"\nsocket_group = \"scientists\"\nallowed_users = [\"alice\", \"bob.smith\"]\n{table}"))
+                .unwrap();
+        let service = c.service.unwrap();
+        assert!(service.socket.is_absolute() && service.socket.ends_with("run/sd.sock"));
+        assert_eq!(service.socket_group.as_deref(), Some("scientists"));
+        assert_eq!(service.allowed_users, Some(vec!["alice".to_string(), "bob.smith".to_string()]));
+        assert_eq!(service.allowed_groups, None);
+        assert_eq!(service.workers, DEFAULT_WORKERS);
+        for (bad, line, words) in [
+            ("[service]\nworkers = 2\n", 1, "needs `socket`"),
+            ("[service]\nsocket = \"s\"\nworkers = 0\n", 3, "workers"),
+            ("[service]\nsocket = \"s\"\nworkers = 1000\n", 3, "at most"),
+            ("[service]\nsocket = \"s\"\nallowed_users = [\"al ice\"]\n", 3, "allowed_users"),
+            ("[service]\nsocket = \"s\"\nsocket_group = \"\"\n", 3, "socket_group"),
+            ("[service]\nsocket = \"s\"\nallowed_user = [\"alice\"]\n", 3, "allowed_users"),
+        ] {
+            let text = parse_in(&d, &format!("{bad}{table}")).unwrap_err().to_string();
+            assert!(text.contains(&format!(":{line}:")) && text.contains(words), "{bad:?}: {text}");
+        }
     }
 
     #[test]

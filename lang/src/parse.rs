@@ -9,8 +9,9 @@ use crate::error::{Error, Result};
 use crate::span::{LineIndex, Span};
 use sqlparser::ast;
 use sqlparser::dialect::GenericDialect;
-use sqlparser::parser::Parser;
-use sqlparser::tokenizer::{Token, Tokenizer};
+use sqlparser::keywords::Keyword;
+use sqlparser::parser::{Parser, ParserError};
+use sqlparser::tokenizer::{Token, TokenWithSpan, Tokenizer};
 
 /// One statement of a cell.
 #[derive(Debug, Clone)]
@@ -85,12 +86,33 @@ pub fn split_statements(cell: &str) -> Result<Vec<(usize, usize)>> {
 /// The longest cell accepted; longer input is refused before tokenizing.
 pub const MAX_CELL_BYTES: usize = 256 * 1024;
 
+/// The most `;`-separated statements one cell may hold.
+pub const MAX_STATEMENTS: usize = 256;
+
+/// How deeply one statement may nest, counted on its tokens before anything
+/// is parsed (see [`check_nesting`]): brackets, `CASE ... END`, and the
+/// operators and keywords that chain within one bracket level (a chain such
+/// as `a + b + c` or `q UNION q UNION q` is a tree as deep as it is long).
+/// Every later stage (the syntax tree's drop and spans, binding, the policy
+/// check, lowering) recurses over the statement; this keeps that recursion
+/// shallow on any thread, a 2 MiB tokio worker included.
+pub const MAX_NESTING: usize = 256;
+
+/// sqlparser's own recursion limit (nested expressions, subqueries and
+/// table factors); its default, named. sqlparser grows its stack as needed
+/// while parsing, so this bounds the depth of the tree it builds.
+pub const MAX_PARSER_RECURSION: usize = 50;
+
 /// Parses every statement of a cell.
 pub fn parse_cell(cell: &str) -> Result<Vec<Parsed>> {
     if cell.len() > MAX_CELL_BYTES {
         return Err(Error::invalid(format!("the cell is longer than {} KiB; split it up", MAX_CELL_BYTES / 1024), None));
     }
-    split_statements(cell)?
+    let pieces = split_statements(cell)?;
+    if let Some(&(start, end)) = pieces.get(MAX_STATEMENTS) {
+        return Err(Error::invalid(format!("a cell may hold at most {MAX_STATEMENTS} statements; split it up"), Some(Span::new(start, end))));
+    }
+    pieces
         .into_iter()
         .map(|(start, end)| {
             let text = &cell[start..end];
@@ -100,16 +122,43 @@ pub fn parse_cell(cell: &str) -> Result<Vec<Parsed>> {
 }
 
 /// Parses one statement (no `;`). Spans in the result are relative to `text`.
+///
+/// A CHART statement has exactly one header: the query after it is parsed
+/// as a plain statement, never as another CHART (no recursion per header).
 pub fn parse_statement(text: &str) -> Result<Statement> {
     if chart::is_chart(text) {
         let (spec, blanked) = chart::parse_header(text)?;
-        return match parse_statement(&blanked)? {
+        if chart::is_chart(&blanked) {
+            let at = blanked.len() - blanked.trim_start().len();
+            return Err(Error::Syntax {
+                message: "a CHART statement has one header: remove the second CHART".into(),
+                span: Some(Span::new(at, at + "CHART".len())),
+            });
+        }
+        return match parse_plain(&blanked)? {
             Statement::Query(query) => Ok(Statement::Chart { spec, query, text: blanked }),
             _ => Err(Error::invalid(format!("{} draws the result of a SELECT query", spec), Some(spec.span))),
         };
     }
+    parse_plain(text)
+}
+
+/// Tokenizes `text` as sqlparser does, with the tokenizer's error as a syntax error.
+fn tokenize(text: &str) -> Result<Vec<TokenWithSpan>> {
     let dialect = GenericDialect {};
-    let mut statements = Parser::new(&dialect).try_with_sql(text).and_then(|mut p| p.parse_statements()).map_err(|e| syntax_error(text, &e.to_string()))?;
+    Tokenizer::new(&dialect, text).tokenize_with_location().map_err(|e| syntax_error(text, &ParserError::from(e).to_string()))
+}
+
+/// Parses a statement that is not a CHART.
+fn parse_plain(text: &str) -> Result<Statement> {
+    let tokens = tokenize(text)?;
+    check_nesting(text, &tokens)?;
+    let dialect = GenericDialect {};
+    let mut statements =
+        Parser::new(&dialect).with_recursion_limit(MAX_PARSER_RECURSION).with_tokens_with_locations(tokens).parse_statements().map_err(|e| match e {
+            ParserError::RecursionLimitExceeded => too_deep(None),
+            e => syntax_error(text, &e.to_string()),
+        })?;
     if statements.len() != 1 {
         return Err(Error::Syntax { message: "expected exactly one statement".into(), span: None });
     }
@@ -142,6 +191,111 @@ pub fn parse_statement(text: &str) -> Result<Statement> {
             Err(Error::unsupported(name, "Safe Data evaluates read-only SELECT queries and SHOW TABLES, DESCRIBE, EXPLAIN", whole))
         }
     }
+}
+
+/// The error of a statement that nests deeper than the bounds allow.
+fn too_deep(span: Option<Span>) -> Error {
+    Error::invalid(
+        format!(
+            "this statement nests too deeply (more than {MAX_NESTING} levels of parentheses, subqueries, CASE and chained operators); split it up, e.g. with WITH"
+        ),
+        span,
+    )
+}
+
+/// One bracket level (or `CASE ... END`) of [`check_nesting`].
+#[derive(Default)]
+struct Level {
+    /// Closes with `END`, and `WHEN`/`THEN`/`ELSE` separate its items.
+    case: bool,
+    /// The deepest item of the level that a `,` (or `WHEN`...) closed.
+    items: usize,
+    /// The deepest bracket level closed inside the current item.
+    operands: usize,
+    /// Operators and keywords of the current item so far.
+    operators: usize,
+    /// Set operations and joins of the level: their chains span commas.
+    chain: usize,
+}
+
+impl Level {
+    /// An upper bound on the depth of the tree this level builds: an
+    /// operator chain puts its first operand as deep as the chain is long.
+    fn depth(&self) -> usize {
+        self.items.max(self.operands + self.operators) + self.chain
+    }
+}
+
+/// Refuses a statement whose tokens could build a syntax tree deeper than
+/// [`MAX_NESTING`], before sqlparser builds it. Counts, per bracket level
+/// (`(`, `[`, `{`, `CASE ... END`), the operator tokens and keywords of the
+/// current item (a `,` starts a new one: a list is flat) plus the deepest
+/// level closed inside it, and the set operations and joins of the level
+/// (whose chains span commas). Over-counts (every keyword counts), never
+/// under-counts: a left-deep chain of operators is as deep as it is long,
+/// and it is the one shape sqlparser builds without recursing. One pass,
+/// no allocation beyond the open levels.
+pub fn check_nesting(text: &str, tokens: &[TokenWithSpan]) -> Result<()> {
+    let mut stack: Vec<Level> = vec![Level::default()];
+    let refuse = |t: &TokenWithSpan| too_deep(LineIndex::new(text).span(t.span));
+    for t in tokens {
+        let levels = stack.len();
+        let top = stack.last_mut().expect("the outermost level is never popped");
+        match &t.token {
+            Token::LParen | Token::LBracket | Token::LBrace => stack.push(Level::default()),
+            Token::Word(w) if w.quote_style.is_none() && w.keyword == Keyword::CASE => stack.push(Level { case: true, ..Level::default() }),
+            Token::RParen | Token::RBracket | Token::RBrace if levels > 1 && !top.case => close(&mut stack),
+            Token::Word(w) if w.quote_style.is_none() && w.keyword == Keyword::END && top.case => close(&mut stack),
+            Token::Word(w) if w.quote_style.is_none() && top.case && matches!(w.keyword, Keyword::WHEN | Keyword::THEN | Keyword::ELSE) => next_item(top),
+            Token::Comma => next_item(top),
+            Token::Word(w)
+                if w.quote_style.is_none() && matches!(w.keyword, Keyword::UNION | Keyword::EXCEPT | Keyword::INTERSECT | Keyword::MINUS | Keyword::JOIN) =>
+            {
+                top.chain += 1
+            }
+            Token::Word(w) if w.quote_style.is_some() || w.keyword == Keyword::NoKeyword => {}
+            Token::Whitespace(_) | Token::Period | Token::SemiColon | Token::EOF | Token::Number(..) | Token::Placeholder(_) => {}
+            Token::SingleQuotedString(_)
+            | Token::DoubleQuotedString(_)
+            | Token::NationalStringLiteral(_)
+            | Token::EscapedStringLiteral(_)
+            | Token::UnicodeStringLiteral(_)
+            | Token::HexStringLiteral(_)
+            | Token::SingleQuotedByteStringLiteral(_)
+            | Token::DoubleQuotedByteStringLiteral(_)
+            | Token::TripleSingleQuotedString(_)
+            | Token::TripleDoubleQuotedString(_)
+            | Token::DollarQuotedString(_) => {}
+            // Every other token (operators, keywords, unmatched closers) may chain.
+            _ => top.operators += 1,
+        }
+        let top = stack.last().expect("the outermost level is never popped");
+        if top.depth() + stack.len() > MAX_NESTING {
+            return Err(refuse(t));
+        }
+    }
+    // Levels left open (an unfinished statement) close at the end.
+    while stack.len() > 1 {
+        close(&mut stack);
+    }
+    if stack[0].depth() > MAX_NESTING {
+        return Err(too_deep(Some(Span::new(0, text.len()))));
+    }
+    Ok(())
+}
+
+/// Ends the current item of a level (at `,`, or `WHEN`/`THEN`/`ELSE`).
+fn next_item(level: &mut Level) {
+    level.items = level.items.max(level.operands + level.operators);
+    level.operands = 0;
+    level.operators = 0;
+}
+
+/// Pops the innermost level; it becomes an operand of the one around it.
+fn close(stack: &mut Vec<Level>) {
+    let inner = stack.pop().expect("close is called with an inner level");
+    let outer = stack.last_mut().expect("the outermost level is never popped");
+    outer.operands = outer.operands.max(inner.depth() + 1);
 }
 
 /// `SELECT FROM t` parses in sqlparser's generic dialect; it is a mistake.
@@ -197,9 +351,110 @@ fn syntax_error(text: &str, message: &str) -> Error {
     Error::Syntax { message: clean, span }
 }
 
+/// Runs `f` on a thread with a tokio worker's stack (2 MiB), where the
+/// kernel answers is_complete, completion and inspection requests.
+#[cfg(test)]
+pub(crate) fn on_small_stack<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+    std::thread::scope(|s| std::thread::Builder::new().stack_size(2 << 20).spawn_scoped(s, f).expect("spawning a thread").join().expect("no panic"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The error of [`too_deep`], however it is spanned.
+    fn is_too_deep(e: &Error) -> bool {
+        matches!(e, Error::Invalid { message, .. } if message.contains(&format!("more than {MAX_NESTING} levels")))
+    }
+
+    /// `((1 + 1 ...) + 1 ...)`: every level short, every chain long.
+    fn nested_chains(levels: usize, length: usize) -> String {
+        let mut inner = "1".to_string();
+        for _ in 0..levels {
+            inner = format!("({inner}{})", " + 1".repeat(length));
+        }
+        format!("SELECT {inner} AS x")
+    }
+
+    #[test]
+    fn a_chart_has_one_header() {
+        // Issue 20, finding 1: 300 headers (3 KB) recursed once per header and
+        // overflowed a tokio worker's stack in is_complete.
+        let text = format!("{}SELECT 1 AS a, 2 AS b", "CHART BAR ".repeat(300));
+        let err = on_small_stack(|| parse_statement(&text).unwrap_err());
+        assert!(matches!(&err, Error::Syntax { message, span: Some(s) } if message.contains("one header") && *s == Span::new(10, 15)), "{err:?}");
+        // Finding 2: a 120 KB cell re-parsed the rest at every header (92 s), then overflowed.
+        let cell = format!("SELECT 1;\n{}SELECT 1 AS a, 2 AS b;", "CHART BAR ".repeat(12_000));
+        assert!(cell.len() < MAX_CELL_BYTES);
+        let err = on_small_stack(|| parse_cell(&cell).unwrap_err());
+        assert!(matches!(&err, Error::Syntax { message, span: Some(s) } if message.contains("one header") && *s == Span::new(20, 25)), "{err:?}");
+        // One header with options is still a chart; a second kind word is not.
+        assert!(matches!(parse_statement("CHART BAR (x = a) SELECT 1 AS a, 2 AS b").unwrap(), Statement::Chart { .. }));
+        assert!(parse_statement("CHART BAR (x = a) CHART LINE SELECT 1 AS a").is_err());
+    }
+
+    #[test]
+    fn deep_nesting_is_refused_before_parsing() {
+        let deep = 50_000;
+        let cases = [
+            ("parentheses", format!("SELECT {}1{}", "(".repeat(deep), ")".repeat(deep))),
+            ("unclosed parentheses", format!("SELECT {}1", "(".repeat(deep))),
+            ("an operator chain", format!("SELECT {}1", "1 + ".repeat(deep))),
+            ("an AND chain", format!("SELECT 1 FROM t WHERE {}", vec!["a > 0"; deep / 5].join(" AND "))),
+            ("a NOT chain", format!("SELECT {}TRUE", "NOT ".repeat(deep))),
+            ("a cast chain", format!("SELECT 1{}", "::INT".repeat(deep))),
+            ("an IS NULL chain", format!("SELECT 1{}", " IS NULL".repeat(deep / 2))),
+            ("a UNION chain", vec!["SELECT 1 AS a, 2 AS b"; deep / 10].join(" UNION ALL ")),
+            ("a JOIN chain", format!("SELECT 1 FROM t{}", " JOIN t USING (a)".repeat(deep / 4))),
+            ("subqueries", format!("SELECT * FROM {}t{}", "(SELECT * FROM ".repeat(2000), ") s".repeat(2000))),
+            ("nested CASE", format!("SELECT {}1{}", "CASE WHEN TRUE THEN ".repeat(deep / 10), " END".repeat(deep / 10))),
+            ("function calls", format!("SELECT {}1{}", "abs(".repeat(deep), ")".repeat(deep))),
+            ("nested chains", nested_chains(40, 200)),
+        ];
+        for (what, text) in cases {
+            assert!(text.len() < MAX_CELL_BYTES, "{what}: {} bytes", text.len());
+            let err = on_small_stack(|| parse_statement(&text).unwrap_err());
+            assert!(is_too_deep(&err), "{what}: {err:?}");
+            assert!(err.span().is_some(), "{what}: no span");
+        }
+    }
+
+    #[test]
+    fn real_queries_are_far_from_the_nesting_bound() {
+        let ors = vec!["sex = 'F'"; 64].join(" OR ");
+        let whens: String = (0..200).map(|i| format!(" WHEN age = {i} THEN 'a{i}'")).collect();
+        let items = vec!["age + 1"; 2000].join(", ");
+        for text in [
+            format!("SELECT COUNT(*) FROM people WHERE {ors}"),
+            format!("SELECT CASE{whens} ELSE 'other' END AS a FROM people"),
+            format!("SELECT {items} FROM people"),
+            format!("SELECT 1 FROM t WHERE a IN ({})", vec!["1"; 10_000].join(", ")),
+            vec!["SELECT sex, COUNT(*) AS n FROM people WHERE age > 30 AND city = 'Paris' GROUP BY sex"; 40].join(" UNION ALL "),
+            nested_chains(20, 4),
+            "WITH a AS (SELECT sex, AVG(age) AS m FROM people p JOIN visits v ON p.id = v.person_id \
+             WHERE v.cost > 10 AND p.age BETWEEN 20 AND 60 GROUP BY sex HAVING COUNT(*) > 2), \
+             b AS (SELECT * FROM a WHERE m > 30) SELECT * FROM b ORDER BY m DESC LIMIT 5"
+                .to_string(),
+        ] {
+            on_small_stack(|| parse_statement(&text)).unwrap_or_else(|e| panic!("{e}: {}", &text[..text.len().min(200)]));
+        }
+    }
+
+    #[test]
+    fn sqlparser_recursion_limit_is_a_clear_error() {
+        // Under the token bound, over sqlparser's own recursion limit.
+        let text = format!("SELECT {}1{}", "(".repeat(MAX_PARSER_RECURSION + 5), ")".repeat(MAX_PARSER_RECURSION + 5));
+        let err = on_small_stack(|| parse_statement(&text).unwrap_err());
+        assert!(is_too_deep(&err), "{err:?}");
+    }
+
+    #[test]
+    fn a_cell_holds_a_bounded_number_of_statements() {
+        assert_eq!(parse_cell(&"SELECT 1;".repeat(MAX_STATEMENTS)).unwrap().len(), MAX_STATEMENTS);
+        let err = parse_cell(&"SELECT 1;".repeat(MAX_STATEMENTS + 1)).unwrap_err();
+        assert!(err.to_string().contains(&format!("at most {MAX_STATEMENTS} statements")), "{err}");
+        assert_eq!(err.span(), Some(Span::new(9 * MAX_STATEMENTS, 9 * MAX_STATEMENTS + 8)));
+    }
 
     #[test]
     fn splits_on_top_level_semicolons_only() {

@@ -4,6 +4,7 @@
 use crate::bind::functions::{FUNCTIONS, FunctionKind};
 use crate::catalog::{Catalog, Column, Table};
 use crate::config::Role;
+use crate::parse::MAX_CELL_BYTES;
 use sqlparser::dialect::GenericDialect;
 use sqlparser::tokenizer::{Token, Tokenizer};
 
@@ -69,7 +70,14 @@ fn statement_at(code: &str, cursor: usize) -> (usize, &str) {
     (start, &code[start..end])
 }
 
+/// Completion candidates at `cursor`. Text longer than a cell may be
+/// ([`MAX_CELL_BYTES`]) gets none: the work per request stays bounded (one
+/// pass over at most that many bytes), whatever a client sends.
 pub fn complete(catalog: &Catalog, code: &str, cursor: usize) -> Completion {
+    if code.len() > MAX_CELL_BYTES {
+        let cursor = floor_char_boundary(code, cursor.min(code.len()));
+        return Completion { matches: vec![], start: cursor, end: cursor };
+    }
     let cursor = floor_char_boundary(code, cursor.min(code.len()));
     let before = &code[..cursor];
     let start = before.char_indices().rev().take_while(|(_, c)| is_word_char(*c)).last().map(|(i, _)| i).unwrap_or(cursor);
@@ -203,7 +211,11 @@ fn column_summary(table: &Table, c: &Column) -> String {
 }
 
 /// Inspection text for the word at `cursor`: a table, a column or a function.
+/// None for text longer than a cell may be ([`MAX_CELL_BYTES`]).
 pub fn inspect(catalog: &Catalog, code: &str, cursor: usize) -> Option<String> {
+    if code.len() > MAX_CELL_BYTES {
+        return None;
+    }
     let cursor = floor_char_boundary(code, cursor.min(code.len()));
     let start = code[..cursor].char_indices().rev().take_while(|(_, c)| is_word_char(*c)).last().map(|(i, _)| i).unwrap_or(cursor);
     let end = code[cursor..].char_indices().find(|(_, c)| !is_word_char(*c)).map(|(i, _)| cursor + i).unwrap_or(code.len());
@@ -243,8 +255,13 @@ pub enum Completeness {
 
 /// Complete when every statement parses and the last one ends with `;`
 /// (or the cell is empty); incomplete inside a string, an open parenthesis
-/// or an unterminated statement; invalid when it cannot parse.
+/// or an unterminated statement; invalid when it cannot parse, and when it
+/// is longer than a cell may be ([`MAX_CELL_BYTES`]). Its work is that of
+/// [`crate::parse::parse_cell`]: linear in the text, nesting bounded.
 pub fn is_complete(code: &str) -> Completeness {
+    if code.len() > MAX_CELL_BYTES {
+        return Completeness::Invalid;
+    }
     let dialect = GenericDialect {};
     let tokens = match Tokenizer::new(&dialect, code).tokenize() {
         Ok(t) => t,
@@ -284,6 +301,54 @@ pub fn is_complete(code: &str) -> Completeness {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::parse::on_small_stack;
+
+    fn catalog() -> Catalog {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/safe-data.toml");
+        Catalog::load(&path).unwrap_or_else(|e| panic!("cannot load {}: {e}", path.display()))
+    }
+
+    #[test]
+    fn hostile_text_is_answered_on_a_small_stack() {
+        // Issue 20, findings 1 and 2 (CHART headers), 12 (a WITH chain), and
+        // deep or long expressions: every service answers on a tokio
+        // worker's stack, and the cells that cannot run are invalid.
+        let catalog = catalog();
+        let query = "SELECT sex, COUNT(*) AS n FROM people GROUP BY sex";
+        let chain: Vec<String> = (1..3000).map(|i| format!("c{i} AS (SELECT sex FROM c{})", i - 1)).collect();
+        let cases = [
+            (format!("{}{query}", "CHART BAR ".repeat(300)), Completeness::Invalid),
+            (format!("{}{query};", "CHART BAR ".repeat(12_000)), Completeness::Invalid),
+            (format!("SELECT {}1{};", "(".repeat(50_000), ")".repeat(50_000)), Completeness::Invalid),
+            (format!("SELECT {}1 FROM people;", "1 + ".repeat(50_000)), Completeness::Invalid),
+            (format!("{};", vec![query; 4000].join(" UNION ALL ")), Completeness::Invalid),
+            // Parses (binding refuses it: too many CTEs).
+            (format!("WITH c0 AS (SELECT sex FROM people), {} SELECT COUNT(*) FROM c2999;", chain.join(", ")), Completeness::Complete),
+        ];
+        for (code, expected) in cases {
+            assert!(code.len() < MAX_CELL_BYTES);
+            let (done, completion, inspection) = on_small_stack(|| {
+                (is_complete(&code), complete(&catalog, &code, code.len() - 1), inspect(&catalog, &code, code.find("FROM").unwrap_or(0) + 6))
+            });
+            assert_eq!(done, expected, "{}", &code[..80]);
+            assert!(completion.start <= completion.end && completion.end <= code.len());
+            assert!(inspection.is_none_or(|text| !text.is_empty()));
+        }
+    }
+
+    #[test]
+    fn text_longer_than_a_cell_is_not_read() {
+        let catalog = catalog();
+        let code = format!("SELECT {} FROM people", "age, ".repeat(MAX_CELL_BYTES / 5 + 1));
+        assert!(code.len() > MAX_CELL_BYTES);
+        assert_eq!(is_complete(&code), Completeness::Invalid);
+        assert_eq!(complete(&catalog, &code, code.len()), Completion { matches: vec![], start: code.len(), end: code.len() });
+        assert_eq!(inspect(&catalog, &code, code.len()), None);
+        // The same text within the cap is served.
+        let code = "SELECT age, a";
+        assert!(complete(&catalog, code, code.len()).matches.contains(&"age".to_string()));
+        assert!(inspect(&catalog, "people", 2).is_some());
+    }
 
     #[test]
     fn completeness() {

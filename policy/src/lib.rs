@@ -35,7 +35,18 @@ pub struct Requester {
 }
 
 impl Requester {
-    /// `JUPYTERHUB_USER`, else the OS user.
+    /// A user the caller established: the data service takes it from the
+    /// socket's peer credentials (the kernel's OS account), never from
+    /// anything the client says.
+    pub fn new(user: impl Into<String>, session: impl Into<String>) -> Requester {
+        Requester { user: user.into(), session: session.into() }
+    }
+
+    /// `JUPYTERHUB_USER`, else the OS user (`USER`, `LOGNAME`). For the
+    /// one-process kernel and `safe-data query` only: these run as the data
+    /// scientist, whose environment says who they are. That is a claim, not
+    /// a proof; the data service (`safe-data serve`) uses [`Requester::new`]
+    /// with the peer credentials instead.
     pub fn from_env(session: impl Into<String>) -> Requester {
         let user =
             std::env::var("JUPYTERHUB_USER").or_else(|_| std::env::var("USER")).or_else(|_| std::env::var("LOGNAME")).unwrap_or_else(|_| "unknown".into());
@@ -43,25 +54,55 @@ impl Requester {
     }
 }
 
+/// Where the policy writes its audit lines. [`Policy::run`] hands each line
+/// to the sink and releases nothing unless `append` returned `Ok`: the line
+/// is durable (or, for a sink that forwards it, acknowledged by the process
+/// that made it durable) before the result exists for the caller.
+pub trait AuditSink: Send + Sync + std::fmt::Debug {
+    /// Appends one line; `Ok` only once it is written and synced.
+    fn append(&self, entry: &Entry) -> std::io::Result<()>;
+    /// Where the lines go, for the operator's log (a path, a pipe).
+    fn describe(&self) -> String;
+}
+
+impl AuditSink for AuditLog {
+    fn append(&self, entry: &Entry) -> std::io::Result<()> {
+        AuditLog::append(self, entry)
+    }
+
+    fn describe(&self) -> String {
+        self.path().display().to_string()
+    }
+}
+
 /// The policy engine: the catalog, the owner's limits and the audit log.
 #[derive(Debug)]
 pub struct Policy {
     catalog: Arc<Catalog>,
-    audit: AuditLog,
+    audit: Box<dyn AuditSink>,
 }
 
 impl Policy {
+    /// The policy with the audit log in the catalog's `state_dir`.
     pub fn new(catalog: Arc<Catalog>) -> std::io::Result<Policy> {
         let audit = AuditLog::open(&catalog.config.server.state_dir)?;
-        Ok(Policy { catalog, audit })
+        Ok(Policy { catalog, audit: Box::new(audit) })
+    }
+
+    /// The policy with another audit sink: a worker process of the data
+    /// service sends its lines to the service, which alone appends to the
+    /// hash chain. Nothing else changes: the same pipeline, the same rules.
+    pub fn with_sink(catalog: Arc<Catalog>, audit: Box<dyn AuditSink>) -> Policy {
+        Policy { catalog, audit }
     }
 
     pub fn catalog(&self) -> &Catalog {
         &self.catalog
     }
 
-    pub fn audit_path(&self) -> &std::path::Path {
-        self.audit.path()
+    /// Where the audit lines go (a path, or the service's pipe).
+    pub fn audit_target(&self) -> String {
+        self.audit.describe()
     }
 
     /// Runs one parsed statement through the whole pipeline. Spans in errors
@@ -107,7 +148,7 @@ impl Policy {
     fn append_audit(&self, entry: &Entry) -> Result<()> {
         self.audit.append(entry).map_err(|e| {
             // The I/O error names the file and the failure, never data.
-            tracing::error!("cannot append to the audit log {}: {e}", self.audit.path().display());
+            tracing::error!("cannot append to the audit log {}: {e}", self.audit.describe());
             Error::Audit(e)
         })
     }

@@ -10,11 +10,15 @@ hostile input the good client must still get a ``kernel_info_reply`` and the
 ``execute_reply``, result and ``idle`` of ``SELECT COUNT(*) FROM regions``
 within a few seconds (`assert_serves`).
 
-Expected behaviour (the protocol issue):
+Expected behaviour (the protocol issue, and "Hostile clients"):
 
 - bad or missing signature, truncated frames (fewer than 5 after
-  ``<IDS|MSG>``, no delimiter), invalid UTF-8 or JSON, non-object JSON, a
-  header without ``msg_type``/``msg_id``: dropped, no reply;
+  ``<IDS|MSG>``, no delimiter), a header that is not a JSON object or lacks
+  ``msg_type``/``msg_id``: dropped, no reply;
+- a correctly signed ``*_request`` whose header is good but whose parent
+  header, metadata or content is not a JSON object (invalid UTF-8, a lone
+  surrogate escape, nesting deeper than 128, not JSON): answered with an
+  error reply (ename ``BadMessage``), never left waiting;
 - a signed message re-sent byte for byte: dropped the second time (only when
   a key is set: unsigned messages cannot be told apart);
 - a message over the size cap (``[server] max_message_mb``, or
@@ -27,11 +31,14 @@ Expected behaviour (the protocol issue):
 - floods of garbage, connection churn, raw TCP garbage, and peers that never
   read (iopub, shell, heartbeat) must not stall the good client;
 - odd but well-formed requests (wrong types, extreme numbers, deep nesting)
-  are answered, never a crash.
-
-A ZMTP frame that claims a huge length aborts the kernel before any check of
-ours (zeromq 0.7 reserves the claimed size): an expected failure, the known
-limit of ARCHITECTURE.md.
+  are answered, never a crash;
+- what a peer can make the kernel hold is bounded, with or without the key
+  (the frame guard in front of every endpoint, TCP or ipc): subscriptions,
+  heartbeat pings and echoes, replies a client does not read, bytes of
+  partly sent frames, connections (and so file descriptors); another
+  account's connections are refused; nothing is taken after the shutdown
+  reply; a flood of garbage writes a bounded number of log lines; a message
+  replayed to a restarted kernel is dropped.
 
 Every wait is bounded.
 """
@@ -148,13 +155,24 @@ class Kernel:
     key: bytes
     kc: BlockingKernelClient
     log: Path
+    connection_file: Path
     ctx: zmq.Context = field(default_factory=zmq.Context)
     sockets: list[Any] = field(default_factory=list)
     # msg_ids the good client sent: iopub messages with another parent came from a hostile peer.
     good_ids: set[str] = field(default_factory=set)
     executions: int = 0
 
+    @property
+    def ipc(self) -> bool:
+        return self.info.get("transport") == "ipc"
+
+    def path(self, channel: str) -> str:
+        """The socket file of `channel` on the ipc transport (jupyter_client's `{ip}-{port}`)."""
+        return f"{self.info['ip']}-{self.info[channel + '_port']}"
+
     def url(self, channel: str) -> str:
+        if self.ipc:
+            return f"ipc://{self.path(channel)}"
         return f"tcp://{self.info['ip']}:{self.info[channel + '_port']}"
 
     def socket(self, kind: int, channel: str, **options: int) -> zmq.Socket:
@@ -170,7 +188,13 @@ class Kernel:
         return self.socket(zmq.DEALER, channel, **options)
 
     def tcp(self, channel: str) -> socket.socket:
-        s = socket.create_connection((self.info["ip"], self.info[channel + "_port"]), timeout=5)
+        """A raw stream socket connected to `channel` (TCP, or a Unix socket on the ipc transport)."""
+        if self.ipc:
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.settimeout(5)
+            s.connect(self.path(channel))
+        else:
+            s = socket.create_connection((self.info["ip"], self.info[channel + "_port"]), timeout=5)
         self.sockets.append(s)
         return s
 
@@ -231,23 +255,32 @@ def hostile_config(demo_config: Path, tmp_path_factory: pytest.TempPathFactory) 
     return demo_config_copy(demo_config, work / "hostile.toml", work / "state")
 
 
-def launch(binary: Path, config: Path, workdir: Path, key: bytes = KEY, env: dict[str, str] | None = None) -> Kernel:
-    """Starts `safe-data kernel` on a connection file written here and attaches the good client."""
+def launch(binary: Path, config: Path, workdir: Path, key: bytes = KEY, env: dict[str, str] | None = None,
+           transport: str = "tcp", connection_file: Path | None = None,
+           preexec_fn: Callable[[], None] | None = None) -> Kernel:
+    """Starts `safe-data kernel` on a connection file written here (or on `connection_file`, as a
+    restart does: same ports, same key) and attaches the good client."""
     workdir.mkdir(parents=True, exist_ok=True)
-    n = len(list(workdir.glob("kernel-*.json")))
-    conn, info = write_connection_file(str(workdir / f"kernel-{n}.json"), ip="127.0.0.1", key=key,
-                                       transport="tcp", signature_scheme="hmac-sha256")
+    n = len(list(workdir.glob("kernel-*.log")))
+    if connection_file is None:
+        ip = str(workdir / f"kernel-{n}-ipc") if transport == "ipc" else "127.0.0.1"
+        conn, info = write_connection_file(str(workdir / f"kernel-{n}.json"), ip=ip, key=key,
+                                           transport=transport, signature_scheme="hmac-sha256")
+    else:
+        conn, info = str(connection_file), json.loads(connection_file.read_text())
+        info["key"] = info["key"].encode()
+        key = info["key"]
     log = workdir / f"kernel-{n}.log"
     environment = {k: v for k, v in os.environ.items() if k != "SAFE_DATA_MAX_MESSAGE_BYTES"}
     environment.update(env or {})
     with log.open("wb") as out:  # a file, not a pipe nobody reads: the kernel's logging must not block
         proc = subprocess.Popen(
             [str(binary), "kernel", "--connection-file", conn, "--config", str(config)],
-            stdin=subprocess.DEVNULL, stdout=out, stderr=out, env=environment,
+            stdin=subprocess.DEVNULL, stdout=out, stderr=out, env=environment, preexec_fn=preexec_fn,
         )
     kc = BlockingKernelClient()
     kc.load_connection_info(info)
-    kernel = Kernel(proc=proc, info=dict(info), key=key, kc=kc, log=log)
+    kernel = Kernel(proc=proc, info=dict(info), key=key, kc=kc, log=log, connection_file=Path(conn))
     # No heartbeat channel: without a kernel manager, jupyter_client takes a first ping answered later
     # than 1 s (a slow start on a busy machine) for a dead kernel. The heartbeat is tested on its own.
     kc.start_channels(hb=False)
@@ -264,8 +297,9 @@ def start_kernel(repo_root: Path, hostile_config: Path, tmp_path: Path) -> Itera
     """Starts kernels (the key, environment and config are the caller's); stops them all afterwards."""
     started: list[Kernel] = []
 
-    def start(key: bytes = KEY, env: dict[str, str] | None = None, config: Path | None = None) -> Kernel:
-        kernel = launch(safe_data_binary(repo_root), config or hostile_config, tmp_path, key, env)
+    def start(key: bytes = KEY, env: dict[str, str] | None = None, config: Path | None = None,
+              **options: Any) -> Kernel:
+        kernel = launch(safe_data_binary(repo_root), config or hostile_config, tmp_path, key, env, **options)
         started.append(kernel)
         return kernel
 
@@ -533,29 +567,15 @@ MALFORMED: dict[str, Callable[[bytes], list[bytes]]] = {
     "single_empty_frame": lambda key: [b""],
     "single_garbage_frame": lambda key: [os.urandom(64)],
     "only_delimiters": lambda key: [DELIM] * 6,
-    # invalid UTF-8 and JSON, correctly signed
+    # a header that is not JSON, correctly signed: nothing to answer to
     "header_invalid_utf8": lambda key: _with_frame(key, 0, b'{"msg_type": "kernel_info_request\xff\xfe"}'),
-    "parent_invalid_utf8": lambda key: _with_frame(key, 1, b"\xff\xfe\xfd"),
-    "metadata_invalid_utf8": lambda key: _with_frame(key, 2, b'{"a": "\xc3\x28"}'),
-    "content_invalid_utf8": lambda key: _with_frame(key, 3, b'{"code": "\xed\xa0\x80"}', "execute_request"),
     "header_not_json": lambda key: _with_frame(key, 0, b"{not json"),
-    "content_not_json": lambda key: _with_frame(key, 3, b'{"code": "SELECT 1;"', "execute_request"),
-    "content_trailing_garbage": lambda key: _with_frame(key, 3, b'{"code": "SELECT 1;"} x', "execute_request"),
-    "content_nan": lambda key: _with_frame(key, 3, b'{"cursor_pos": NaN}', "complete_request"),
-    "content_empty_frame": lambda key: _with_frame(key, 3, b"", "execute_request"),
-    "content_deeply_nested_arrays": lambda key: _with_frame(key, 3, b"[" * NESTED + b"]" * NESTED, "execute_request"),
-    "content_deeply_nested_objects": lambda key: _with_frame(
-        key, 3, b'{"a":' * NESTED + b"1" + b"}" * NESTED, "execute_request"),
     "header_deeply_nested": lambda key: _with_frame(key, 0, b'{"msg_type":' * NESTED + b"1" + b"}" * NESTED),
-    # JSON that is not an object
+    # a header that is not an object
     "header_array": lambda key: _with_frame(key, 0, b'["kernel_info_request"]'),
     "header_string": lambda key: _with_frame(key, 0, b'"kernel_info_request"'),
     "header_number": lambda key: _with_frame(key, 0, b"42"),
     "header_null": lambda key: _with_frame(key, 0, b"null"),
-    "parent_array": lambda key: _with_frame(key, 1, b"[]"),
-    "metadata_string": lambda key: _with_frame(key, 2, b'"x"'),
-    "content_array": lambda key: _with_frame(key, 3, b'["SELECT 1;"]', "execute_request"),
-    "content_null": lambda key: _with_frame(key, 3, b"null", "execute_request"),
     # headers without what identifies a message
     "header_without_msg_type": lambda key: _header_without(key, "msg_type"),
     "header_without_msg_id": lambda key: _header_without(key, "msg_id"),
@@ -567,6 +587,30 @@ MALFORMED: dict[str, Callable[[bytes], list[bytes]]] = {
 }
 
 
+# Correctly signed requests with a good header whose other frames cannot be read: answered with an
+# error (the sender holds the key; without an answer it would wait forever).
+UNREADABLE: dict[str, Callable[[bytes], list[bytes]]] = {
+    "parent_invalid_utf8": lambda key: _with_frame(key, 1, b"\xff\xfe\xfd"),
+    "metadata_invalid_utf8": lambda key: _with_frame(key, 2, b'{"a": "\xc3\x28"}'),
+    "content_invalid_utf8": lambda key: _with_frame(key, 3, b'{"code": "\xed\xa0\x80"}', "execute_request"),
+    "content_not_json": lambda key: _with_frame(key, 3, b'{"code": "SELECT 1;"', "execute_request"),
+    "content_trailing_garbage": lambda key: _with_frame(key, 3, b'{"code": "SELECT 1;"} x', "execute_request"),
+    "content_nan": lambda key: _with_frame(key, 3, b'{"cursor_pos": NaN}', "complete_request"),
+    "content_empty_frame": lambda key: _with_frame(key, 3, b"", "execute_request"),
+    "content_deeply_nested_arrays": lambda key: _with_frame(key, 3, b"[" * NESTED + b"]" * NESTED, "execute_request"),
+    "content_deeply_nested_objects": lambda key: _with_frame(
+        key, 3, b'{"a":' * NESTED + b"1" + b"}" * NESTED, "execute_request"),
+    "parent_array": lambda key: _with_frame(key, 1, b"[]"),
+    "metadata_string": lambda key: _with_frame(key, 2, b'"x"'),
+    "content_array": lambda key: _with_frame(key, 3, b'["SELECT 1;"]', "execute_request"),
+    "content_null": lambda key: _with_frame(key, 3, b"null", "execute_request"),
+    "content_lone_surrogate": lambda key: _with_frame(
+        key, 3, json.dumps(execute_content("SELECT '\ud800' AS s;")).encode(), "execute_request"),
+    "content_depth_129": lambda key: _with_frame(key, 3, b'{"a":' * 129 + b"1" + b"}" * 129, "complete_request"),
+    "metadata_depth_200": lambda key: _with_frame(key, 2, b'{"a":' * 200 + b"[]" + b"}" * 200),
+}
+
+
 @pytest.mark.parametrize("channel", ["shell", "control"])
 @pytest.mark.parametrize("case", sorted(MALFORMED))
 def test_malformed_message_is_dropped(shared_kernel, case, channel):
@@ -575,6 +619,10 @@ def test_malformed_message_is_dropped(shared_kernel, case, channel):
     sock.send_multipart(MALFORMED[case](k.key))
     assert_dropped(k, sock, channel)
     assert_serves(k, count=k.executions + 1)  # nothing was executed but the good client's queries
+    # The shared kernel serves every case: give the port's connection back (the guard keeps
+    # at most CONNECTIONS_PER_PORT = 32, and never evicts one that proved the key).
+    k.sockets.remove(sock)
+    sock.close()
 
 
 def test_forged_execute_is_not_run(kernel):
@@ -606,10 +654,44 @@ def test_unsigned_message_to_a_keyed_kernel_is_dropped(kernel):
 
 def test_malformed_on_stdin_is_dropped(kernel):
     sock = kernel.dealer("stdin")
-    for case in sorted(MALFORMED):
-        sock.send_multipart(MALFORMED[case](kernel.key))
+    for case in sorted(MALFORMED) + sorted(UNREADABLE):
+        sock.send_multipart((MALFORMED | UNREADABLE)[case](kernel.key))
     assert_dropped(kernel, sock, "stdin")
     assert_serves(kernel, count=2)
+
+
+@pytest.mark.parametrize("channel", ["shell", "control"])
+@pytest.mark.parametrize("case", sorted(UNREADABLE))
+def test_unreadable_request_gets_an_error_reply(shared_kernel, case, channel):
+    """A signed request whose header is good but whose other frames are not JSON objects (finding 13:
+    a lone surrogate escape or nesting deeper than 128 left the client waiting forever) gets an
+    error reply that names the frame and never quotes it; nothing is run."""
+    k = shared_kernel
+    sock = k.dealer(channel)
+    frames = UNREADABLE[case](k.key)
+    header = json.loads(frames[2])
+    k.good_ids.add(header["msg_id"])
+    sock.send_multipart(frames)
+    reply = recv_reply(k, sock, header["msg_id"])
+    assert reply["msg_type"] == header["msg_type"].removesuffix("_request") + "_reply"
+    content = reply["content"]
+    assert content["status"] == "error" and content["ename"] == "BadMessage", content
+    assert re.fullmatch(r"the request could not be read: frame (parent_header|metadata|content) is not valid JSON",
+                        content["evalue"]), content
+    assert recv_all(sock, LATE_S) == []
+    await_idle(k, header["msg_id"])
+    # A replay of it is dropped like any other.
+    sock.send_multipart(frames)
+    assert_dropped(k, sock, channel, header["msg_id"])
+    assert_serves(k, count=k.executions + 1)
+
+
+def test_unreadable_non_request_is_not_answered(kernel):
+    """Only requests have replies: an unreadable comm message is dropped."""
+    sock = kernel.dealer("shell")
+    sock.send_multipart(_with_frame(kernel.key, 3, b"[1, 2]", "comm_msg"))
+    assert_dropped(kernel, sock, "shell")
+    assert_serves(kernel)
 
 
 # --------------------------------------------------------------------------
@@ -682,18 +764,18 @@ def test_odd_request_is_answered(shared_kernel, case):
     assert_serves(kernel)
 
 
-def test_lone_surrogate_is_dropped_or_answered(kernel):
-    """`\\ud800` is well-formed JSON text but no Unicode: either outcome is fine, a crash is not."""
+def test_lone_surrogate_is_answered(kernel):
+    """`\\ud800` is well-formed JSON text but no Unicode: the request is answered with an error, once."""
     sock = kernel.dealer("shell")
     header = new_header("execute_request")
     content = json.dumps(execute_content("SELECT '\ud800' AS s;")).encode()
     assert b"\\ud800" in content
     sock.send_multipart(signed(kernel.key, [dumps(header), b"{}", b"{}", content]))
     got = recv_all(sock, 3.0)
-    assert len(got) <= 1, describe(got)
-    if got:
-        assert parse_reply(got[0])["msg_type"] == "execute_reply"
-    assert_serves(kernel)
+    assert len(got) == 1, describe(got)
+    reply = parse_reply(got[0])
+    assert reply["msg_type"] == "execute_reply" and reply["content"]["ename"] == "BadMessage", reply["content"]
+    assert_serves(kernel, count=2)
 
 
 def test_routing_prefix_is_echoed(kernel):
@@ -1161,3 +1243,377 @@ def test_stalled_heartbeat_client(kernel):
         assert good.poll(int(HEALTHY_WITHIN_S * 1000)), f"no heartbeat echo within {HEALTHY_WITHIN_S} s"
         assert good.recv() == ping
     assert_serves(kernel)
+
+
+# --------------------------------------------------------------------------
+# bounds on what a peer can make the kernel hold (issue "Hostile clients"; "no key" means the
+# finding needs no connection key: any local account could do it before the frame guard bound it)
+
+
+def zmtp_frame(body: bytes, more: bool = False, command: bool = False) -> bytes:
+    """One ZMTP 3 frame (the long form when the body is over 255 bytes)."""
+    flags = (0x01 if more else 0) | (0x04 if command else 0)
+    if len(body) > 255:
+        return bytes([flags | 0x02]) + len(body).to_bytes(8, "big") + body
+    return bytes([flags, len(body)]) + body
+
+
+def raw_peer(k: Kernel, channel: str, socket_type: bytes) -> socket.socket:
+    """A raw connection that has sent its greeting and READY (it reads nothing unless asked)."""
+    s = k.tcp(channel)
+    s.sendall(zmtp_greeting_and_ready(socket_type))
+    return s
+
+
+def closed_by_kernel(s: socket.socket, within: float) -> bool:
+    """Whether the kernel's side closes `s` within `within` s (what it sends meanwhile is read and dropped)."""
+    deadline = time.monotonic() + within
+    while (remaining := deadline - time.monotonic()) > 0:
+        s.settimeout(remaining)
+        try:
+            if not s.recv(1 << 16):
+                return True
+        except TimeoutError:
+            return False
+        except OSError:
+            return True
+    return False
+
+
+def send_until_refused(s: socket.socket, data: bytes, timeout: float = 5.0) -> bool:
+    """Sends `data`; False when the kernel's side closed the connection (or stopped reading) first."""
+    s.settimeout(timeout)
+    try:
+        s.sendall(data)
+        return True
+    except OSError:
+        return False
+
+
+def open_fds(k: Kernel) -> int:
+    return len(os.listdir(f"/proc/{k.proc.pid}/fd"))
+
+
+def settled_rss(k: Kernel, pause: float = 2.0) -> float:
+    time.sleep(pause)
+    return rss_mib(k)
+
+
+def test_iopub_subscriptions_are_bounded(kernel):
+    """Finding 3 (no key): an XSUB sent 600 x 1 MB SUBSCRIBE messages and zeromq kept them all
+    (18 -> 609 MB in 4 s), duplicates included. Scaled down: 150 x 1 MB, then 20,000 copies of one
+    1 KB topic, then distinct topics past the per-connection limit. The kernel may grow by at most
+    48 MiB, and the peer that breaks a limit is disconnected."""
+    before = settled_rss(kernel, 0.5)
+    big = raw_peer(kernel, "iopub", b"SUB")
+    topic = b"\x01" + b"t" * (1 << 20)
+    for _ in range(150):
+        if not send_until_refused(big, zmtp_frame(topic)):
+            big = raw_peer(kernel, "iopub", b"SUB")
+    dup = raw_peer(kernel, "iopub", b"SUB")
+    same = zmtp_frame(b"\x01" + b"d" * 1000)
+    assert send_until_refused(dup, same * 20_000), "a duplicate subscription is not an offence"
+    many = raw_peer(kernel, "iopub", b"SUB")
+    send_until_refused(many, b"".join(zmtp_frame(b"\x01" + f"topic-{i}-".encode() * 50) for i in range(2000)))
+    grown = settled_rss(kernel) - before
+    assert grown < 48, f"the kernel's RSS grew by {grown:.0f} MiB from subscriptions\n{kernel.log_tail()}"
+    assert closed_by_kernel(many, 5.0), "a peer holding thousands of subscriptions was kept"
+    assert not closed_by_kernel(dup, 0.5), "a peer repeating one subscription was disconnected"
+    assert_serves(kernel)
+
+
+def test_heartbeat_floods_are_bounded(kernel):
+    """Finding 4 (no key): a heartbeat peer that never reads sent 2,300 x 1 MB pings (2.36 GB held:
+    zeromq queues 100,000 messages per peer, so the 200 ms send timeout never fired). Scaled down:
+    300 x 1 MB, and 60,000 small pings, from peers that never read. The kernel may grow by at most
+    48 MiB, and another client's heartbeat is echoed at once."""
+    before = settled_rss(kernel, 0.5)
+    big = kernel.dealer("hb", rcvhwm=1, rcvbuf=4096, sndhwm=0)
+    for _ in range(300):
+        big.send_multipart([b"", b"p" * (1 << 20)])
+    small = kernel.dealer("hb", rcvhwm=1, rcvbuf=4096, sndhwm=0)
+    for _ in range(60_000):
+        small.send_multipart([b"", b"q" * 1000])
+    time.sleep(3.0)
+    grown = settled_rss(kernel) - before
+    assert grown < 48, f"the kernel's RSS grew by {grown:.0f} MiB from heartbeats nobody read\n{kernel.log_tail()}"
+    good = kernel.socket(zmq.REQ, "hb")
+    for i in range(3):
+        ping = f"ping-{i}".encode()
+        good.send(ping)
+        assert good.poll(int(HEALTHY_WITHIN_S * 1000)), f"no heartbeat echo within {HEALTHY_WITHIN_S} s"
+        assert good.recv() == ping
+    assert_serves(kernel)
+
+
+def test_bytes_in_flight_are_bounded_across_connections(kernel):
+    """Finding 5 (no key): 200 connections each announcing a 60 MB frame (under the 64 MB cap) made
+    zeromq reserve 16.5 GB; the frame guard capped one frame, not the total. Scaled down: 12
+    connections announce 60 MB frames and push 40 MB of each as fast as the kernel takes it. Past a
+    small free part per connection, partly received messages share one budget (twice the message
+    cap), so the kernel may grow by at most 250 MiB, not the 480 MB the peers sent."""
+    before = settled_rss(kernel, 0.5)
+    claim, push = 60 << 20, 40 << 20
+    conns = []
+    for _ in range(12):
+        s = raw_peer(kernel, "shell", b"DEALER")
+        s.sendall(b"\x02" + claim.to_bytes(8, "big"))
+        s.setblocking(False)
+        conns.append(s)
+    chunk = b"x" * (1 << 20)
+    sent = [0] * len(conns)
+    peak = 0.0
+    last_progress = time.monotonic()
+    while time.monotonic() - last_progress < 3.0 and any(n < push for n in sent):
+        progressed = False
+        for i, s in enumerate(conns):
+            if sent[i] >= push:
+                continue
+            try:
+                n = s.send(chunk[: push - sent[i]])
+            except BlockingIOError:
+                continue
+            except OSError:
+                sent[i] = push  # closed by the kernel: counts as done
+                continue
+            sent[i] += n
+            progressed = progressed or n > 0
+        if progressed:
+            last_progress = time.monotonic()
+        else:
+            time.sleep(0.01)
+        peak = max(peak, rss_mib(kernel))
+    grown = max(peak, rss_mib(kernel)) - before
+    assert grown < 250, f"the kernel's RSS grew by {grown:.0f} MiB with 12 partly sent 60 MB frames\n{kernel.log_tail()}"
+    for s in conns:
+        s.close()
+    assert_serves(kernel)
+
+
+def test_idle_connections_cannot_exhaust_file_descriptors(start_kernel):
+    """Finding 6 (no key): ~340 idle connections used up 1,024 file descriptors (three each: the
+    client's, the guard's and zeromq's), and every query then failed with AuditError. With the same
+    limit, 400 idle connections: the kernel keeps a reserve of descriptors, the good client's
+    queries are answered, and a new client connects."""
+    import resource
+
+    def limit_fds() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (1024, 1024))
+
+    k = start_kernel(preexec_fn=limit_fds)
+    assert_serves(k)
+    for i in range(400):
+        channel = ("shell", "control", "stdin", "iopub", "hb")[i % 5]
+        try:
+            raw_peer(k, channel, b"SUB" if channel == "iopub" else b"DEALER")
+        except OSError:
+            pass  # refused: the port is full of connections that proved themselves
+    time.sleep(1.0)
+    fds = open_fds(k)
+    assert fds <= 1024 - 200, f"the kernel holds {fds} of its 1,024 file descriptors\n{k.log_tail()}"
+    assert_serves(k, within=2 * HEALTHY_WITHIN_S)
+    fresh = BlockingKernelClient()
+    fresh.load_connection_info(k.info)
+    fresh.start_channels(hb=False)
+    try:
+        msg_id = fresh.kernel_info()
+        shell_reply(fresh, msg_id, time.monotonic() + 2 * HEALTHY_WITHIN_S,
+                    lambda: f"a new client got no kernel_info_reply\n{k.log_tail()}")
+    finally:
+        fresh.stop_channels()
+    assert_serves(k)
+
+
+BOB_PROBE = r"""
+import json, socket, sys, time
+host, ports, seconds = sys.argv[1], json.loads(sys.argv[2]), float(sys.argv[3])
+greeting = b"\xff" + b"\x00" * 8 + b"\x7f" + b"\x03\x00" + b"NULL".ljust(20, b"\x00") + b"\x00" + b"\x00" * 31
+def ready(kind):
+    body = b"\x05READY" + b"\x0bSocket-Type" + len(kind).to_bytes(4, "big") + kind
+    return b"\x04" + bytes([len(body)]) + body
+out = {}
+for name, port in ports.items():
+    got, closed = b"", False
+    try:
+        s = socket.create_connection((host, port), timeout=2)
+        s.sendall(greeting + ready(b"SUB" if name == "iopub" else b"DEALER") + (b"\x00\x01\x01" if name == "iopub" else b""))
+        s.settimeout(0.2)
+        end = time.time() + seconds
+        while time.time() < end:
+            try:
+                data = s.recv(65536)
+            except socket.timeout:
+                continue
+            if not data:
+                closed = True
+                break
+            got += data
+    except OSError:
+        closed = True
+    out[name] = {"closed": closed, "received": len(got), "execute_input": b"execute_input" in got}
+print(json.dumps(out))
+"""
+
+
+def test_another_account_cannot_read_iopub_or_connect(kernel):
+    """Finding 7 (no key): iopub was readable by anyone who could reach it (statement text, released
+    rows, user and session). On this host only the kernel's own account (and root) may connect: the
+    frame guard looks the peer's socket up in the kernel's socket table and closes another
+    account's connection before it reads anything."""
+    from accounts import BOB, as_user, ensure_accounts
+
+    ensure_accounts()
+    ports = {"iopub": kernel.info["iopub_port"]}
+    probe = subprocess.Popen(as_user(BOB) + ["/usr/bin/python3", "-c", BOB_PROBE, kernel.info["ip"],
+                                             json.dumps(ports), "4"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(1.0)
+    for _ in range(3):
+        good_execute(kernel, GOOD_QUERY, time.monotonic() + REPLY_TIMEOUT_S)
+    out, err = probe.communicate(timeout=30)
+    assert probe.returncode == 0, err
+    seen = json.loads(out)["iopub"]
+    assert not seen["execute_input"], f"another account read the kernel's iopub: {seen}"
+    assert seen["closed"] and seen["received"] == 0, f"another account's iopub connection was served: {seen}"
+    others = {ch: kernel.info[f"{ch}_port"] for ch in ("shell", "control", "stdin", "hb")}
+    out = subprocess.run(as_user(BOB) + ["/usr/bin/python3", "-c", BOB_PROBE, kernel.info["ip"], json.dumps(others), "1"],
+                         capture_output=True, text=True, timeout=60, check=True).stdout
+    for channel, seen in json.loads(out).items():
+        assert seen["closed"] and seen["received"] == 0, f"another account's {channel} connection was served: {seen}"
+    assert "another account" in kernel.log.read_text(errors="replace")
+    assert_serves(kernel)
+
+
+def test_unread_replies_are_bounded(kernel):
+    """Finding 11: a client that never reads its replies pinned them (1,000 requests with a 1 MB
+    header: 3.15 GB; each reply carries the request's header as its parent). Scaled down: 300
+    requests with a 1 MB header. What waits for one peer is bounded (8 MiB of replies), so the
+    kernel may grow by at most 64 MiB. (The good client unsubscribes from iopub meanwhile, so the
+    busy/idle messages, which carry the header too, are not piled up in this test process.)"""
+    iopub = kernel.kc.iopub_channel.socket
+    iopub.setsockopt(zmq.UNSUBSCRIBE, b"")
+    time.sleep(0.5)
+    before = settled_rss(kernel, 0.5)
+    stalled = kernel.dealer("shell", rcvhwm=1, rcvbuf=4096, sndhwm=0)
+    for _ in range(300):
+        header = new_header("kernel_info_request", padding="h" * (1 << 20))
+        stalled.send_multipart(signed(kernel.key, [dumps(header), b"{}", b"{}", b"{}"]))
+    probe = kernel.dealer("shell")
+    msg_id, frames = kernel.message("kernel_info_request")
+    probe.send_multipart(frames)
+    recv_reply(kernel, probe, msg_id, timeout=60)  # served even while the flood is handled
+    time.sleep(3.0)
+    grown = settled_rss(kernel) - before
+    assert grown < 64, f"the kernel's RSS grew by {grown:.0f} MiB holding replies nobody reads\n{kernel.log_tail()}"
+    iopub.setsockopt(zmq.SUBSCRIBE, b"")
+    time.sleep(0.5)
+    assert_serves(kernel)
+
+
+def test_no_request_is_taken_after_the_shutdown_reply(kernel):
+    """Finding 13: requests were served for 200 ms after `shutdown_reply`. Once the reply is sent,
+    nothing more is taken, on any channel."""
+    control, shell = kernel.dealer("control"), kernel.dealer("shell")
+    for sock in (control, shell):  # connected and served before the shutdown
+        msg_id, frames = kernel.message("kernel_info_request")
+        sock.send_multipart(frames)
+        recv_reply(kernel, sock, msg_id)
+    msg_id, frames = kernel.message("shutdown_request", {"restart": False})
+    control.send_multipart(frames)
+    assert recv_reply(kernel, control, msg_id)["msg_type"] == "shutdown_reply"
+    _, frames = kernel.message("kernel_info_request")
+    shell.send_multipart(frames)
+    _, frames = kernel.message("execute_request", execute_content(GOOD_QUERY))
+    shell.send_multipart(frames)
+    late = recv_all(shell, 1.0)
+    assert late == [], f"requests were answered after the shutdown reply: {describe(late)}"
+    kernel.proc.wait(timeout=10)
+
+
+def warnings_in(k: Kernel) -> int:
+    return sum(1 for line in k.log.read_text(errors="replace").splitlines() if "WARN" in line)
+
+
+def test_a_garbage_flood_writes_few_log_lines(start_kernel):
+    """Finding 13: unsigned garbage wrote one WARN line per message (~3 MB/s of logs). 3,000 unsigned
+    messages, 3,000 with a wrong key and 300 with a header that is not JSON write at most 60 lines."""
+    kernel = start_kernel(env={"SAFE_DATA_LOG": "warn"})
+    assert_serves(kernel)
+    before = warnings_in(kernel)
+    sock = kernel.dealer("shell", sndhwm=0)
+    for _ in range(3000):
+        sock.send_multipart([DELIM, b"", *_valid_parts(kernel.key)])
+        sock.send_multipart(signed(b"not-the-key", _valid_parts(kernel.key)))
+    for _ in range(300):
+        sock.send_multipart(_with_frame(kernel.key, 0, b"{not json"))
+    assert_dropped(kernel, sock, "shell")
+    written = warnings_in(kernel) - before
+    assert written <= 60, f"{written} warning lines for a flood of 6,300 bad messages\n{kernel.log_tail(10)}"
+    assert "left out" in kernel.log.read_text(errors="replace") or written < 20
+    assert_serves(kernel)
+
+
+def test_a_message_replayed_after_a_restart_is_dropped(start_kernel):
+    """Finding 13: a restart keeps the connection file and its key, and the replay memory started
+    empty, so a message captured before the restart was executed again after it."""
+    first = start_kernel()
+    assert_serves(first, count=1)
+    sock = first.dealer("shell")
+    msg_id, frames = first.message("execute_request", execute_content(GOOD_QUERY, store_history=True))
+    sock.send_multipart(frames)
+    assert recv_reply(first, sock, msg_id)["content"]["execution_count"] == 2
+    # What jupyter_client's restart sends.
+    control = first.dealer("control")
+    shutdown_id, shutdown = first.message("shutdown_request", {"restart": True})
+    control.send_multipart(shutdown)
+    recv_reply(first, control, shutdown_id)
+    first.proc.wait(timeout=10)
+    first.close()
+    second = start_kernel(connection_file=first.connection_file)
+    mallory = second.dealer("shell")
+    mallory.send_multipart(frames)
+    assert_dropped(second, mallory, "shell", msg_id)
+    assert_serves(second, count=1)  # the replayed execution was not run
+
+
+def test_the_replay_memory_is_removed_at_a_final_shutdown(kernel):
+    """The file that carries the replay memory over a restart is the kernel's to clean up."""
+    memory = kernel.connection_file.with_name(f".{kernel.connection_file.name}.replay")
+    assert memory.is_file() and memory.stat().st_mode & 0o077 == 0, "the replay memory is kept, private"
+    control = kernel.dealer("control")
+    msg_id, frames = kernel.message("shutdown_request", {"restart": False})
+    control.send_multipart(frames)
+    recv_reply(kernel, control, msg_id)
+    kernel.proc.wait(timeout=10)
+    assert not memory.exists()
+
+
+def test_ipc_transport_is_guarded(start_kernel):
+    """The ipc transport: the kernel binds the client's socket paths, private to its user, behind the
+    same frame guard as TCP (before, zeromq bound them directly: one frame claiming 1 TiB aborted the
+    kernel, and nothing bounded subscriptions or pings)."""
+    import stat
+
+    k = start_kernel(transport="ipc")
+    assert k.ipc
+    assert_serves(k)
+    for channel in ("shell", "control", "stdin", "iopub", "hb"):
+        mode = stat.S_IMODE(os.stat(k.path(channel)).st_mode)
+        assert mode & 0o077 == 0, f"the {channel} socket is open to others: {oct(mode)}"
+    s = raw_peer(k, "shell", b"DEALER")
+    s.sendall(b"\x02" + (1 << 40).to_bytes(8, "big") + b"0123456789")
+    assert closed_by_kernel(s, 5.0)
+    sub = raw_peer(k, "iopub", b"SUB")
+    send_until_refused(sub, zmtp_frame(b"\x01" + b"t" * (1 << 20)))
+    assert closed_by_kernel(sub, 5.0)
+    assert_serves(k)
+    good = k.socket(zmq.REQ, "hb")
+    good.send(b"ping")
+    assert good.poll(int(HEALTHY_WITHIN_S * 1000)) and good.recv() == b"ping"
+    # After a final shutdown the socket files are gone.
+    control = k.dealer("control")
+    msg_id, frames = k.message("shutdown_request", {"restart": False})
+    control.send_multipart(frames)
+    recv_reply(k, control, msg_id)
+    k.proc.wait(timeout=10)
+    assert not any(os.path.exists(k.path(ch)) for ch in ("shell", "control", "stdin", "iopub", "hb"))

@@ -13,10 +13,18 @@
 //! - [`wire_frames`]: bytes split into multipart frames → `Message::decode`
 //!   with an empty and a real key. No panic; with a key, nothing decodes
 //!   without the right signature; a decoded message re-encodes to itself.
+//! - [`editor_services`]: a cell built by repeating pieces of the input (the
+//!   shape of hostile text: `CHART BAR ` × 300, `(` × n, `1 + ` × n) →
+//!   `is_complete`, completion and inspection, as the kernel answers them on
+//!   a tokio worker's 2 MiB stack. No panic, no stack overflow; no hidden
+//!   column in a completion or an inspection; a cell called complete parses.
+//! - [`history_glob`]: a pattern and a text → `history::glob_match`, which
+//!   must agree with a reference matcher (dynamic programming).
 //!
 //! The fixtures are in `fuzz/fixtures`; see `fuzz/README.md`.
 
 use bytes::Bytes;
+use safe_data_kernel::history;
 use safe_data_kernel::wire::{self, Message, Signer};
 use safe_data_lang::Catalog;
 use safe_data_lang::config::Config;
@@ -359,5 +367,180 @@ fn check_decoded(frames: &[Bytes], decoded: Result<Message, wire::WireError>, si
             );
         }
         Err(e) => panic!("a decoded message does not decode once re-encoded: {e}"),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// editor_services
+// ---------------------------------------------------------------------------
+
+/// Separates the pieces of an `editor_services` input (never valid UTF-8).
+pub const PIECE_SEPARATOR: u8 = 0xFF;
+
+/// The stack of a tokio worker thread, where the kernel answers
+/// is_complete, complete and inspect requests.
+pub const SERVICE_STACK_BYTES: usize = 2 << 20;
+
+/// The cell and cursor of an `editor_services` input. Byte 0: the repeat
+/// count is `1 << (byte & 15)`; bytes 1-2: the cursor (little endian, modulo
+/// the cell's length + 1, then floored to a character). The rest is split at
+/// [`PIECE_SEPARATOR`] into `head`, `middle` and `tail` (missing ones are
+/// empty); the cell is `head × n + middle + tail × n`, cut to at most one
+/// byte more than a cell may have (so the length cap is reached too), at a
+/// character boundary. None when a piece is not UTF-8.
+pub fn editor_cell(data: &[u8]) -> Option<(String, usize)> {
+    let (header, rest) = data.split_at(data.len().min(3));
+    let repeat = 1usize << (header.first().copied().unwrap_or(0) & 15);
+    let cursor = usize::from(u16::from_le_bytes([header.get(1).copied().unwrap_or(0), header.get(2).copied().unwrap_or(0)]));
+    let mut pieces = rest.splitn(3, |b| *b == PIECE_SEPARATOR).map(std::str::from_utf8);
+    let head = pieces.next().unwrap_or(Ok("")).ok()?;
+    let middle = pieces.next().unwrap_or(Ok("")).ok()?;
+    let tail = pieces.next().unwrap_or(Ok("")).ok()?;
+    let limit = parse::MAX_CELL_BYTES + 1;
+    let mut cell = String::with_capacity(limit.min(repeat * (head.len() + tail.len()) + middle.len()));
+    let mut push = |s: &str, times: usize| {
+        for _ in 0..times {
+            if cell.len() >= limit {
+                return;
+            }
+            cell.push_str(s);
+        }
+    };
+    push(head, if head.is_empty() { 0 } else { repeat });
+    push(middle, 1);
+    push(tail, if tail.is_empty() { 0 } else { repeat });
+    let mut end = cell.len().min(limit);
+    while !cell.is_char_boundary(end) {
+        end -= 1;
+    }
+    cell.truncate(end);
+    let mut cursor = cursor % (cell.len() + 1);
+    while !cell.is_char_boundary(cursor) {
+        cursor -= 1;
+    }
+    Some((cell, cursor))
+}
+
+/// The editor services on hostile text, on a tokio worker's stack: they
+/// answer (a stack overflow aborts the process: the fuzzer's crash), no
+/// hidden column reaches a completion or an inspection, and a cell that
+/// `is_complete` calls complete parses.
+pub fn editor_services(data: &[u8]) {
+    let Some((cell, cursor)) = editor_cell(data) else { return };
+    let fx = sql_fixture();
+    let lower_cell = cell.to_ascii_lowercase();
+    let leak = Leak { cell: &cell, armed: !HIDDEN_MARKERS.iter().any(|m| lower_cell.contains(m)) };
+    std::thread::scope(|scope| {
+        std::thread::Builder::new()
+            .name("editor-services".into())
+            .stack_size(SERVICE_STACK_BYTES)
+            .spawn_scoped(scope, || {
+                let done = services::is_complete(&cell);
+                if done == services::Completeness::Complete {
+                    assert!(parse::parse_cell(&cell).is_ok(), "is_complete called a cell complete that does not parse\n--- input ---\n{cell}");
+                }
+                for at in [cursor, cell.len()] {
+                    let completion = services::complete(&fx.catalog, &cell, at);
+                    assert!(completion.start <= completion.end && completion.end <= cell.len(), "completion range out of the cell");
+                    assert!(cell.is_char_boundary(completion.start) && cell.is_char_boundary(completion.end), "completion range inside a character");
+                    leak.check("a completion", &completion.matches.join("\n"), false);
+                    if let Some(text) = services::inspect(&fx.catalog, &cell, at) {
+                        leak.check("an inspection", &text, false);
+                    }
+                }
+            })
+            .expect("spawning the services thread")
+            .join()
+            .unwrap_or_else(|payload| std::panic::resume_unwind(payload));
+    });
+}
+
+// ---------------------------------------------------------------------------
+// history_glob
+// ---------------------------------------------------------------------------
+
+/// A history search: the pattern, then (after the first 0xFF byte) the text,
+/// each read as lossy UTF-8 → `history::glob_match`, checked against a
+/// dynamic-programming matcher (`*` any run of characters, `?` one).
+pub fn history_glob(data: &[u8]) {
+    let (pattern, text) = match data.iter().position(|b| *b == PIECE_SEPARATOR) {
+        Some(i) => (&data[..i], &data[i + 1..]),
+        None => (data, &[][..]),
+    };
+    let (pattern, text) = (String::from_utf8_lossy(pattern), String::from_utf8_lossy(text));
+    let got = history::glob_match(&pattern, &text);
+    let expected = glob_reference(&pattern, &text);
+    assert_eq!(got, expected, "glob_match({pattern:?}, {text:?}) is {got}, expected {expected}");
+}
+
+/// `*` and `?` glob matching over characters, O(pattern × text) time and
+/// O(text) memory: `row[j]` says whether the pattern so far matches the
+/// first `j` characters of the text.
+pub fn glob_reference(pattern: &str, text: &str) -> bool {
+    let t: Vec<char> = text.chars().collect();
+    let mut row = vec![false; t.len() + 1];
+    row[0] = true;
+    for p in pattern.chars() {
+        let mut next = vec![false; t.len() + 1];
+        match p {
+            '*' => {
+                let mut any = false;
+                for j in 0..=t.len() {
+                    any |= row[j];
+                    next[j] = any;
+                }
+            }
+            _ => {
+                for j in 1..=t.len() {
+                    next[j] = row[j - 1] && (p == '?' || p == t[j - 1]);
+                }
+            }
+        }
+        row = next;
+    }
+    row[t.len()]
+}
+
+// ---------------------------------------------------------------------------
+// history_request
+// ---------------------------------------------------------------------------
+
+/// A history of known cells, opened once (a temporary `state_dir`).
+fn history_fixture() -> &'static std::sync::Mutex<history::History> {
+    static FIXTURE: OnceLock<std::sync::Mutex<history::History>> = OnceLock::new();
+    FIXTURE.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("safe-data-fuzz-history-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut h = history::History::try_open(&dir, "fuzzer").expect("a history in a temporary folder");
+        for (line, source) in HISTORY_CELLS.iter().enumerate() {
+            h.append(line as u64 + 1, source);
+        }
+        std::sync::Mutex::new(h)
+    })
+}
+
+/// The fixture history's cells (session 1).
+const HISTORY_CELLS: &[&str] = &["SELECT 1;", "SHOW TABLES;", "SELECT sex, COUNT(*) FROM people GROUP BY sex;", "SELECT 1;", "DESCRIBE people;", "select\n2;"];
+
+/// A `history_request`'s content: the bytes as JSON (anything else becomes
+/// a search for them as a pattern) → `HistoryQuery::from_content` → run on
+/// a fixture history, as the kernel answers it. No panic; at most
+/// `MAX_HISTORY_ITEMS` entries, each one of the stored cells, and a search
+/// returns only cells its pattern matches (checked against the reference
+/// matcher).
+pub fn history_request(data: &[u8]) {
+    use safe_data_kernel::kernel::backend::{HistoryQuery, MAX_HISTORY_ITEMS};
+    let content: serde_json::Value = serde_json::from_slice(data)
+        .unwrap_or_else(|_| serde_json::json!({"hist_access_type": "search", "pattern": String::from_utf8_lossy(data), "n": data.len()}));
+    let query = HistoryQuery::from_content(&content);
+    let h = history_fixture().lock().unwrap_or_else(|p| p.into_inner());
+    let items = query.run(&h);
+    assert!(items.len() <= MAX_HISTORY_ITEMS.min(HISTORY_CELLS.len()), "{query:?} returned {} entries", items.len());
+    for item in &items {
+        assert!(HISTORY_CELLS.contains(&item.source.as_str()), "{query:?} returned a cell that was never stored");
+        assert!(item.line >= 1 && item.line as usize <= HISTORY_CELLS.len(), "{query:?}: line {}", item.line);
+        if let HistoryQuery::Search { pattern, .. } = &query {
+            assert!(glob_reference(pattern, &item.source), "{query:?} returned {:?}, which its pattern does not match", item.source);
+        }
     }
 }

@@ -65,3 +65,51 @@ fn config_corpus() {
 fn wire_frames_corpus() {
     replay("wire_frames", fuzz_bodies::wire_frames, 5);
 }
+
+#[test]
+fn editor_services_corpus() {
+    replay("editor_services", fuzz_bodies::editor_services, 10);
+}
+
+#[test]
+fn history_glob_corpus() {
+    replay("history_glob", fuzz_bodies::history_glob, 10);
+}
+
+#[test]
+fn history_request_corpus() {
+    replay("history_request", fuzz_bodies::history_request, 10);
+}
+
+#[test]
+fn editor_cells_are_built_as_documented() {
+    let cell = |data: &[u8]| fuzz_bodies::editor_cell(data).expect("UTF-8 pieces");
+    assert_eq!(cell(b""), (String::new(), 0));
+    assert_eq!(cell(b"\x02\x05\x00(\xff1\xff)"), ("((((1))))".to_string(), 5));
+    assert_eq!(cell(b"\x00\x00\x00SELECT 1"), ("SELECT 1".to_string(), 0));
+    assert_eq!(cell(b"\x00\x03\x00\xffSELECT 1"), ("SELECT 1".to_string(), 3));
+    // Repetition stops one byte past the cell cap...
+    let max = safe_data_lang::parse::MAX_CELL_BYTES;
+    assert_eq!(cell(b"\x0f\x00\x00abcdefghi").0.len(), max + 1);
+    // ... at a character boundary, and so does the cursor.
+    let (long, cursor) = cell(b"\x0f\xff\xffe\xcc\x81e\xcc\x81e\xcc\x81");
+    assert!(long.len() <= max + 1 && long.len() + 3 > max + 1, "{}", long.len());
+    assert!(long.is_char_boundary(cursor));
+    assert_eq!(fuzz_bodies::editor_cell(b"\x00\x00\x00\xc3"), None);
+}
+
+#[test]
+fn the_glob_reference_matches_by_hand() {
+    for (pattern, text, expected) in [
+        ("", "", true),
+        ("", "a", false),
+        ("*", "", true),
+        ("a*b?c", "axxbyc", true),
+        ("a*b?c", "axxbc", false),
+        ("*a*a*b", "aaaaaaab", true),
+        ("*a*a*b", "aaaaaaa", false),
+        ("é?", "éü", true),
+    ] {
+        assert_eq!(fuzz_bodies::glob_reference(pattern, text), expected, "{pattern:?} {text:?}");
+    }
+}

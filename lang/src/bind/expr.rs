@@ -84,7 +84,10 @@ impl Binder<'_> {
             ));
         }
         self.expr_depth.set(depth + 1);
-        let result = self.expr_inner(e, ctx);
+        let result = match self.charge(1, Span::default()) {
+            Err(err) => Err(err.respanned(Some(self.span_of(e, self.whole())))),
+            Ok(()) => self.expr_inner(e, ctx),
+        };
         self.expr_depth.set(depth);
         result
     }

@@ -107,6 +107,7 @@ impl Binder<'_> {
 
     fn factor(&self, factor: &ast::TableFactor, env: &Env, slots: &mut Slots, scope: &mut Scope) -> Result<FromItem> {
         let span = self.span_of(factor, self.whole());
+        self.charge(1, span)?;
         match factor {
             ast::TableFactor::Table { name, alias, args, with_hints, version, partitions, sample, index_hints, json_path, with_ordinality } => {
                 if args.is_some() {
@@ -140,9 +141,11 @@ impl Binder<'_> {
                 }
                 let (alias_name, alias_cols) = self.alias(alias.as_ref(), &table_name, span)?;
                 // CTEs shadow catalog tables; the innermost wins.
-                if let Some((cte_name, cte)) = env.ctes.iter().rev().find(|(n, _)| n.eq_ignore_ascii_case(&table_name)) {
-                    let query = rename_outputs(cte.clone(), &alias_cols, span)?;
-                    return Ok(self.push_derived(query, alias_name, Some(cte_name.clone()), alias_cols, span, slots, scope));
+                if let Some(cte) = env.ctes.iter().rev().find(|c| c.name.eq_ignore_ascii_case(&table_name)) {
+                    // The IR inlines a copy of the CTE at every use.
+                    self.charge(cte.size.max(1), span)?;
+                    let query = rename_outputs(cte.query.clone(), &alias_cols, span)?;
+                    return Ok(self.push_derived(query, alias_name, Some(cte.name.clone()), alias_cols, span, slots, scope));
                 }
                 let table = self.catalog.table(&table_name).ok_or_else(|| Error::UnknownTable { name: table_name.clone(), span: Some(span) })?;
                 if !alias_cols.is_empty() {

@@ -2,12 +2,13 @@
 //! ORDER BY / LIMIT / OFFSET that apply to a query's body.
 
 use super::from::rename_outputs;
-use super::select::{order_options, ordinal};
-use super::{Binder, Env};
+use super::select::{MAX_SORT_KEYS, order_options, ordinal};
+use super::{Binder, Cte, Env, MAX_CTES};
 use crate::error::{Error, Result};
 use crate::ir::{OrderKey, Query, SetExpr};
 use crate::span::Span;
 use sqlparser::ast;
+use std::rc::Rc;
 
 /// The largest LIMIT/OFFSET accepted (the policy caps released rows anyway).
 const MAX_LIMIT: u64 = 1 << 40;
@@ -30,6 +31,10 @@ impl Binder<'_> {
             if with.recursive {
                 return Err(Error::unsupported("WITH RECURSIVE", "use non-recursive CTEs", Some(span)));
             }
+            if let Some(extra) = with.cte_tables.get(MAX_CTES) {
+                let at = self.index.span(extra.alias.name.span).unwrap_or(span);
+                return Err(Error::invalid(format!("a WITH clause may define at most {MAX_CTES} tables; split the statement up"), Some(at)));
+            }
             for cte in &with.cte_tables {
                 let cte_span = self.index.span(cte.alias.name.span).unwrap_or(span);
                 if cte.materialized.is_some() || cte.from.is_some() {
@@ -39,10 +44,14 @@ impl Binder<'_> {
                 if ctes.iter().any(|(n, _): &(String, Query)| n.eq_ignore_ascii_case(&name)) {
                     return Err(Error::invalid(format!("the CTE `{name}` is defined twice"), Some(cte_span)));
                 }
+                let before = self.work.get();
                 let bound = self.query(&cte.query, &env)?;
                 let names: Vec<String> = cte.alias.columns.iter().map(|c| c.name.value.clone()).collect();
                 let bound = rename_outputs(bound, &names, cte_span)?;
-                env.ctes.push((name.clone(), bound.clone()));
+                // The statement keeps this copy for its text (EXPLAIN, the
+                // audit); each use inlines another, charged in `from`.
+                let size = self.work.get() - before;
+                env.ctes.push(Rc::new(Cte { name: name.clone(), query: bound.clone(), size }));
                 ctes.push((name, bound));
             }
         }
@@ -112,6 +121,9 @@ impl Binder<'_> {
 
     /// ORDER BY on a set operation: output names or ordinals only.
     fn output_order_keys(&self, order_by: &[ast::OrderByExpr], body: &SetExpr) -> Result<Vec<OrderKey>> {
+        if let Some(extra) = order_by.get(MAX_SORT_KEYS) {
+            return Err(Error::invalid(format!("ORDER BY may have at most {MAX_SORT_KEYS} keys"), Some(self.span_of(&extra.expr, self.whole()))));
+        }
         let output = body.output();
         order_by
             .iter()

@@ -10,12 +10,22 @@ use super::{Binder, Env, Scope};
 use crate::error::{Error, Result};
 use crate::ir::{Expr, ExprKind, Literal, OrderKey, Select, SelectItem};
 use crate::span::Span;
+use crate::types::SqlType;
 use sqlparser::ast;
+use std::collections::{HashMap, HashSet};
+
+/// The most columns one SELECT block may output (after `*` is expanded).
+pub const MAX_SELECT_ITEMS: usize = 1024;
+/// The most GROUP BY keys of one SELECT block.
+pub const MAX_GROUP_KEYS: usize = 128;
+/// The most ORDER BY keys of one query.
+pub const MAX_SORT_KEYS: usize = 128;
 
 impl Binder<'_> {
     /// Binds a SELECT block together with the ORDER BY of its query.
     pub(crate) fn select(&self, s: &ast::Select, order_by: &[ast::OrderByExpr], env: &Env) -> Result<(Select, Vec<OrderKey>)> {
         let span = self.span_of(s, self.whole());
+        self.charge(1, span)?;
         refuse_select_extras(s, span)?;
         let distinct = match &s.distinct {
             None | Some(ast::Distinct::All) => false,
@@ -36,13 +46,23 @@ impl Binder<'_> {
             None => None,
         };
 
+        let too_many_items = || Error::invalid(format!("a SELECT may have at most {MAX_SELECT_ITEMS} columns (after expanding *)"), Some(span));
+        if s.projection.len() > MAX_SELECT_ITEMS {
+            return Err(too_many_items());
+        }
         let mut projection = self.projection(&s.projection, &scope, span)?;
+        if projection.len() > MAX_SELECT_ITEMS {
+            return Err(too_many_items());
+        }
         distinct_names(&mut projection);
 
         let group_by = match &s.group_by {
             ast::GroupByExpr::Expressions(exprs, modifiers) => {
                 if !modifiers.is_empty() {
                     return Err(Error::unsupported("ROLLUP / CUBE / GROUPING SETS", "run one GROUP BY per grouping", Some(span)));
+                }
+                if let Some(extra) = exprs.get(MAX_GROUP_KEYS) {
+                    return Err(Error::invalid(format!("GROUP BY may have at most {MAX_GROUP_KEYS} keys"), Some(self.span_of(extra, span))));
                 }
                 exprs.iter().map(|g| self.group_key(g, &scope, &projection)).collect::<Result<Vec<_>>>()?
             }
@@ -65,11 +85,13 @@ impl Binder<'_> {
         let keys = self.order_keys(order_by, &mut select, &scope)?;
 
         if select.aggregate {
+            // Each key's text once (`Expr::same_as` prints both sides).
+            let keys: HashSet<(SqlType, String)> = select.group_by.iter().map(|g| (g.ty, g.to_string())).collect();
             for item in &select.projection {
-                check_grouped(&item.expr, &select.group_by)?;
+                check_grouped(&item.expr, &keys)?;
             }
             if let Some(h) = &select.having {
-                check_grouped(h, &select.group_by)?;
+                check_grouped(h, &keys)?;
             }
         }
         Ok((select, keys))
@@ -116,6 +138,7 @@ impl Binder<'_> {
                             continue;
                         }
                         any = true;
+                        self.charge(leaf.columns.len(), item_span)?;
                         for (index, (name, ty)) in leaf.columns.iter().enumerate() {
                             if qualifier.is_none() && leaf.merged.contains(&index) {
                                 continue;
@@ -174,11 +197,16 @@ impl Binder<'_> {
     /// Resolves ORDER BY keys to output columns, adding sort-only columns
     /// for expressions that are not in the select list.
     fn order_keys(&self, order_by: &[ast::OrderByExpr], select: &mut Select, scope: &Scope) -> Result<Vec<OrderKey>> {
+        if let Some(extra) = order_by.get(MAX_SORT_KEYS) {
+            return Err(Error::invalid(format!("ORDER BY may have at most {MAX_SORT_KEYS} keys"), Some(self.span_of(&extra.expr, self.whole()))));
+        }
         let mut keys = Vec::new();
+        let visible = select.projection.iter().filter(|i| !i.sort_only).count();
+        // The text of each item, computed when first needed (`Expr::same_as` prints both sides).
+        let mut texts: Vec<Option<String>> = vec![None; select.projection.len()];
         for o in order_by {
             let span = self.span_of(&o.expr, self.whole());
             let (descending, nulls_first) = order_options(o, span)?;
-            let visible = select.projection.iter().filter(|i| !i.sort_only).count();
             let column = if let Some(i) = ordinal(&o.expr) {
                 if i == 0 || i > visible {
                     return Err(Error::invalid(format!("ORDER BY position {i} is not in the select list"), Some(span)));
@@ -191,13 +219,17 @@ impl Binder<'_> {
                 i
             } else {
                 let e = self.expr(&o.expr, ExprCtx::new(scope, if select.aggregate { None } else { Some("ORDER BY of a query without GROUP BY") }))?;
-                match select.projection.iter().position(|p| p.expr.same_as(&e)) {
+                let text = e.to_string();
+                let found =
+                    select.projection.iter().zip(texts.iter_mut()).position(|(p, t)| p.expr.ty == e.ty && *t.get_or_insert_with(|| p.expr.to_string()) == text);
+                match found {
                     Some(i) => i,
                     None => {
                         if select.distinct {
                             return Err(Error::invalid("with SELECT DISTINCT, ORDER BY expressions must appear in the select list", Some(span)));
                         }
                         select.projection.push(SelectItem { name: format!("__sort{}", keys.len()), expr: e, sort_only: true });
+                        texts.push(Some(text));
                         select.projection.len() - 1
                     }
                 }
@@ -248,25 +280,38 @@ fn default_name(source: &ast::Expr, bound: &Expr) -> String {
 /// `QUANTILE_CONT(x, 0.25), QUANTILE_CONT(x, 0.75)` are `quantile_cont` and
 /// `quantile_cont_1`. A result keyed by column name (a data resource, JSON
 /// objects) would otherwise keep only one of them.
+///
+/// Linear: names are only ever added to the taken set, so the search for a
+/// name's suffix resumes where the previous one for that name stopped.
 pub(crate) fn distinct_names(items: &mut [SelectItem]) {
-    let mut taken: std::collections::HashSet<String> = std::collections::HashSet::new();
+    let mut taken: HashSet<String> = HashSet::new();
+    let mut next_suffix: HashMap<String, usize> = HashMap::new();
     for item in items.iter_mut().filter(|i| !i.sort_only) {
-        if !taken.insert(item.name.to_lowercase()) {
-            let name = (1..).map(|i| format!("{}_{i}", item.name)).find(|candidate| !taken.contains(&candidate.to_lowercase())).unwrap_or_default();
-            taken.insert(name.to_lowercase());
-            item.name = name;
+        let lower = item.name.to_lowercase();
+        if taken.insert(lower.clone()) {
+            continue;
         }
+        let suffix = next_suffix.entry(lower).or_insert(1);
+        let name = loop {
+            let candidate = format!("{}_{suffix}", item.name);
+            *suffix += 1;
+            if !taken.contains(&candidate.to_lowercase()) {
+                break candidate;
+            }
+        };
+        taken.insert(name.to_lowercase());
+        item.name = name;
     }
 }
 
 /// In an aggregating block: every column outside an aggregate must be inside
 /// a GROUP BY expression.
-pub(crate) fn check_grouped(e: &Expr, group_by: &[Expr]) -> Result<()> {
-    if group_by.iter().any(|g| g.same_as(e)) {
-        return Ok(());
-    }
+/// `group_by` holds the type and text of each GROUP BY expression (what
+/// [`Expr::same_as`] compares).
+pub(crate) fn check_grouped(e: &Expr, group_by: &HashSet<(SqlType, String)>) -> Result<()> {
     match &e.kind {
         ExprKind::Aggregate { .. } | ExprKind::Literal(_) => Ok(()),
+        _ if !group_by.is_empty() && group_by.contains(&(e.ty, e.to_string())) => Ok(()),
         ExprKind::Column(c) => Err(Error::invalid(format!("column `{}` must appear in GROUP BY or be used inside an aggregate", c.name), Some(e.span))),
         _ => e.children().into_iter().try_for_each(|c| check_grouped(c, group_by)),
     }
