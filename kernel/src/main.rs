@@ -333,6 +333,8 @@ fn service_kernel(connection_file: &Path, socket: &Path) -> ExitCode {
     if let Err(e) = safe_data_kernel::sandbox::harden_process() {
         tracing::warn!("the kernel process could not be hardened: {e}");
     }
+    // Before any thread starts, so that every thread is confined.
+    safe_data_kernel::sandbox::confine(&safe_data_kernel::sandbox::kernel_confinement(connection_file));
     let runtime = match kernel_runtime() {
         Ok(r) => r,
         Err(e) => return fail(e),
@@ -343,8 +345,7 @@ fn service_kernel(connection_file: &Path, socket: &Path) -> ExitCode {
         tracing::warn!("the Safe Data service is not reachable at {}: {e}", socket.display());
     }
     memory::map_binary_sparsely();
-    let options = kernel::Options { confine: true, ..kernel::Options::new(SERVICE_MODE_MAX_MESSAGE_MB) };
-    run_kernel(runtime, connection_file, remote, options)
+    run_kernel(runtime, connection_file, remote, kernel::Options::new(SERVICE_MODE_MAX_MESSAGE_MB))
 }
 
 /// `safe-data install`: a kernelspec for one process (--config) or for the service (--service).

@@ -44,6 +44,8 @@ pub struct Confinement {
     pub write: Vec<PathBuf>,
     /// Refuse TCP bind and connect where the kernel's Landlock ABI allows it.
     pub deny_tcp: bool,
+    /// With `deny_tcp`, the ports it may still bind (a kernel's own).
+    pub bind_tcp: Vec<u16>,
 }
 
 /// How far the confinement could be enforced on this kernel.
@@ -160,7 +162,11 @@ fn runtime_paths() -> (Vec<(PathBuf, RuntimeAccess)>, Vec<String>) {
             }
         }
     }
-    for p in ["/etc/ld.so.cache", "/etc/passwd", "/etc/group", "/etc/nsswitch.conf", "/etc/localtime", "/proc/meminfo", "/dev/urandom"] {
+    // `/etc` as a folder, not its files one by one: `useradd` and editors
+    // replace `/etc/passwd` and `/etc/group` by a rename, and a rule on the
+    // old file would refuse every account lookup after it (file permissions
+    // still keep `/etc/shadow` out of reach; nothing in `/etc` holds data).
+    for p in ["/etc", "/proc/meminfo", "/dev/urandom"] {
         paths.push((PathBuf::from(p), RuntimeAccess::Read));
     }
     paths.push((PathBuf::from("/dev/null"), RuntimeAccess::ReadWrite));
@@ -221,7 +227,7 @@ fn apply(rules: &Confinement, other_threads: usize) -> (Enforcement, Vec<String>
 #[cfg(target_os = "linux")]
 fn apply_linux(rules: &Confinement, other_threads: usize) -> (Enforcement, Vec<String>) {
     use landlock::{
-        Access, AccessFs, AccessNet, BitFlags, PathBeneath, PathFd, RestrictSelfAttr, Ruleset, RulesetAttr, RulesetCreatedAttr, RulesetStatus, Scope,
+        Access, AccessFs, AccessNet, BitFlags, NetPort, PathBeneath, PathFd, RestrictSelfAttr, Ruleset, RulesetAttr, RulesetCreatedAttr, RulesetStatus, Scope,
         make_bitflags,
     };
 
@@ -230,7 +236,7 @@ fn apply_linux(rules: &Confinement, other_threads: usize) -> (Enforcement, Vec<S
         Err(why) => return (Enforcement::None(why), Vec::new()),
     };
     let read: BitFlags<AccessFs> = make_bitflags!(AccessFs::{ReadFile | ReadDir});
-    let write = read | make_bitflags!(AccessFs::{WriteFile | RemoveDir | RemoveFile | MakeDir | MakeReg | Refer | Truncate});
+    let write = read | make_bitflags!(AccessFs::{WriteFile | RemoveDir | RemoveFile | MakeDir | MakeReg | MakeSock | Refer | Truncate});
     let file_only: BitFlags<AccessFs> = make_bitflags!(AccessFs::{ReadFile | WriteFile | Execute | Truncate | IoctlDev});
 
     let (runtime, mut notes) = runtime_paths();
@@ -267,6 +273,11 @@ fn apply_linux(rules: &Confinement, other_threads: usize) -> (Enforcement, Vec<S
             let is_dir = std::fs::metadata(path).map(|m| m.is_dir()).unwrap_or(false);
             let access = if is_dir { *access } else { *access & file_only };
             created = created.add_rule(PathBeneath::new(fd, access))?;
+        }
+        if rules.deny_tcp {
+            for port in &rules.bind_tcp {
+                created = created.add_rule(NetPort::new(*port, AccessNet::BindTcp))?;
+            }
         }
         if other_threads > 0 && abi >= 8 {
             created = created.all_threads(true)?;
@@ -311,16 +322,44 @@ pub fn harden_process() -> io::Result<()> {
 /// The service binds its socket before confining itself (binding needs the
 /// socket's folder, which is not on the list).
 pub fn service_confinement(config: &safe_data_lang::config::Config) -> Confinement {
-    let mut read = vec![config.path.clone()];
-    read.extend(config.tables.iter().map(|t| t.source.clone()));
-    Confinement { read, write: vec![config.server.state_dir.clone()], deny_tcp: true }
+    // The folders of the configuration and of each source, not the files:
+    // an owner who saves the configuration or refreshes a source by a
+    // rename replaces the file, and workers started afterwards must read the
+    // new one.
+    let folder = |p: &Path| p.parent().filter(|d| !d.as_os_str().is_empty()).map_or_else(|| p.to_path_buf(), Path::to_path_buf);
+    let mut read = vec![folder(&config.path)];
+    read.extend(config.tables.iter().map(|t| folder(&t.source)));
+    read.sort();
+    read.dedup();
+    Confinement { read, write: vec![config.server.state_dir.clone()], deny_tcp: true, bind_tcp: Vec::new() }
 }
 
 /// A service-mode kernel's confinement: read its connection file, no TCP
 /// (its Jupyter sockets are bound before, and connecting to the service's
 /// Unix socket is not restricted by the Landlock ABIs handled here).
+///
+/// Applied first thing, before any thread starts (so every thread is
+/// confined whatever the Landlock ABI): it may read its connection file, write
+/// the connection file's folder (the replay memory and `ipc` socket files)
+/// and the temporary folder (its private zeromq sockets), and bind only the
+/// connection file's TCP ports (none on the `ipc` transport); no TCP connect.
 pub fn kernel_confinement(connection_file: &Path) -> Confinement {
-    Confinement { read: vec![connection_file.to_path_buf()], write: Vec::new(), deny_tcp: true }
+    let mut write = vec![std::env::temp_dir()];
+    if let Some(dir) = connection_file.parent().filter(|d| !d.as_os_str().is_empty()) {
+        write.push(dir.to_path_buf());
+    }
+    let bind_tcp = std::fs::read_to_string(connection_file)
+        .ok()
+        .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
+        .filter(|info| info.get("transport").and_then(serde_json::Value::as_str).unwrap_or("tcp") == "tcp")
+        .map(|info| {
+            ["shell_port", "control_port", "stdin_port", "iopub_port", "hb_port"]
+                .iter()
+                .filter_map(|k| info.get(*k).and_then(serde_json::Value::as_u64).and_then(|p| u16::try_from(p).ok()))
+                .collect()
+        })
+        .unwrap_or_default();
+    Confinement { read: vec![connection_file.to_path_buf()], write, deny_tcp: true, bind_tcp }
 }
 
 /// One escape attempt of [`self_test`].
@@ -664,7 +703,7 @@ mod tests {
         std::fs::write(data.join("t.csv"), "id\n1\n").unwrap();
         let secret = dir.join("secret.csv");
         std::fs::write(&secret, "id\n2\n").unwrap();
-        let rules = Confinement { read: vec![data.join("t.csv")], write: vec![state.clone()], deny_tcp: true };
+        let rules = Confinement { read: vec![data.join("t.csv")], write: vec![state.clone()], deny_tcp: true, bind_tcp: Vec::new() };
         let report = self_test(&rules, &secret).unwrap();
         let outcome = |what: &str| report.probes.iter().find(|p| p.what.starts_with(what)).map(|p| p.outcome.clone());
         assert_eq!(outcome("read a file outside"), Some(Outcome::Blocked), "{report:?}");

@@ -5,7 +5,10 @@
 // download) and checks, step by step: the launcher card and logo, a notebook
 // on the kernel, SQL highlighting, Tab completion of a column name, the HTML
 // table of a query, a Vega-Lite chart, a histogram with a withheld bin, and
-// the error of a refused query.
+// the error of a refused query. With KERNEL_MODE, it also checks that the
+// kernelspec and the running kernel are of that mode (embedded: --config;
+// service: --service SOCKET), and with AUDIT_LOG that the notebook's
+// statements reached that audit log (the service's, in service mode).
 // Screenshots and logs go to $ARTIFACTS (tests/browser/artifacts by default).
 //
 // Run through scripts/browser-test.sh, which installs Chromium, the node
@@ -15,6 +18,9 @@
 //   KERNEL_NAME     kernelspec name (default: safe-data-test)
 //   DISPLAY_NAME    its display name (default: "Safe Data (test)")
 //   KERNELSPEC_DIR  the kernelspec's folder, to compare the logo (optional)
+//   KERNEL_MODE     "embedded" or "service": the mode to check (optional)
+//   SERVICE_SOCKET  in service mode, the socket the kernel must name (optional)
+//   AUDIT_LOG       the audit log the statements must reach (optional)
 //   ARTIFACTS       output folder for screenshots and logs
 //   STEP_TIMEOUT_MS bound of each step (default: 60000)
 // Exit code 0 on success, 1 on failure (with the failing step named).
@@ -35,6 +41,9 @@ const CHROMIUM = env.CHROMIUM || '/usr/bin/chromium';
 const KERNEL_NAME = env.KERNEL_NAME || 'safe-data-test';
 const DISPLAY_NAME = env.DISPLAY_NAME || 'Safe Data (test)';
 const KERNELSPEC_DIR = env.KERNELSPEC_DIR || '';
+const KERNEL_MODE = env.KERNEL_MODE || '';
+const SERVICE_SOCKET = env.SERVICE_SOCKET || '';
+const AUDIT_LOG = env.AUDIT_LOG || '';
 const ARTIFACTS = path.resolve(env.ARTIFACTS || path.join(HERE, 'artifacts'));
 const STEP_MS = Number(env.STEP_TIMEOUT_MS || 60_000);
 // Bound of the whole run, whatever happens (set-up, steps and tear-down).
@@ -309,6 +318,60 @@ function tearDown() {
   return tearingDown;
 }
 
+// ------------------------------------------------------------ the mode
+
+// Whether an argv (the kernelspec's, or a running kernel's) is of KERNEL_MODE:
+// a message naming what is wrong, or '' when it is.
+function modeProblem(argv, what) {
+  const has = (flag) => argv.includes(flag) || argv.some((a) => a.startsWith(`${flag}=`));
+  const after = (flag) => argv[argv.indexOf(flag) + 1];
+  if (argv[1] !== 'kernel') return `${what} does not run \`safe-data kernel\`: ${JSON.stringify(argv)}`;
+  if (KERNEL_MODE === 'embedded') {
+    if (!has('--config') || has('--service')) return `${what} is not in embedded mode (--config, no --service): ${JSON.stringify(argv)}`;
+  } else if (KERNEL_MODE === 'service') {
+    if (!has('--service') || has('--config')) return `${what} is not in service mode (--service, no --config): ${JSON.stringify(argv)}`;
+    if (SERVICE_SOCKET && after('--service') !== SERVICE_SOCKET) {
+      return `${what} forwards to ${after('--service')}, not to the service under test (${SERVICE_SOCKET})`;
+    }
+  } else {
+    return `KERNEL_MODE is "${KERNEL_MODE}": expected "embedded" or "service"`;
+  }
+  return '';
+}
+
+// The safe-data kernels started by this run's server (their command line
+// names its temporary folder, where the connection file is).
+function runningKernels() {
+  const found = [];
+  for (const pid of straysOf(state.tmp)) {
+    try {
+      const argv = fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0').filter(Boolean);
+      if (argv[1] === 'kernel') found.push({ pid, argv });
+    } catch {
+      // gone meanwhile
+    }
+  }
+  return found;
+}
+
+// The audit log's size when the run starts: only later records count.
+let auditStart = 0;
+function auditRecords() {
+  let buf;
+  try {
+    buf = fs.readFileSync(AUDIT_LOG);
+  } catch (e) {
+    if (e.code === 'ENOENT') return [];
+    throw e;
+  }
+  return buf
+    .subarray(auditStart)
+    .toString('utf8')
+    .split('\n')
+    .filter((l) => l.trim())
+    .map((l) => JSON.parse(l));
+}
+
 // ------------------------------------------------------------ the steps
 
 let shot = 0;
@@ -366,6 +429,22 @@ async function waitKernelIdle(what) {
   });
 }
 
+if (KERNEL_MODE && KERNELSPEC_DIR) {
+  step(`the kernelspec is in ${KERNEL_MODE} mode`, async () => {
+    const spec = JSON.parse(fs.readFileSync(path.join(KERNELSPEC_DIR, 'kernel.json'), 'utf8'));
+    const problem = modeProblem(spec.argv || [], `the kernelspec ${KERNEL_NAME}`);
+    check(!problem, problem);
+    const meta = (spec.metadata && spec.metadata.safe_data) || {};
+    if (KERNEL_MODE === 'service') {
+      check(meta.service === spec.argv[spec.argv.indexOf('--service') + 1] && !meta.config,
+        `the kernelspec's metadata.safe_data is ${JSON.stringify(meta)}, not the service it forwards to`);
+    } else {
+      check(meta.config && !meta.service, `the kernelspec's metadata.safe_data is ${JSON.stringify(meta)}, not a configuration`);
+    }
+    log(`   argv: ${spec.argv.slice(1).join(' ')}`);
+  });
+}
+
 step('launcher shows the kernel with its logo', async () => {
   const { page } = state;
   await page.goto(`${state.base}/lab?token=${state.token}`, { waitUntil: 'domcontentloaded' });
@@ -407,6 +486,14 @@ step('a notebook on the kernel, kernel idle', async () => {
   await waitKernelIdle('the kernel idle');
   const kernelName = (await nb.locator('.jp-Toolbar-kernelName').innerText()).trim();
   check(kernelName === DISPLAY_NAME, `the notebook's kernel is "${kernelName}", expected "${DISPLAY_NAME}"`);
+  if (KERNEL_MODE) {
+    // The process Jupyter started, not only the kernelspec: one kernel, of the mode.
+    const kernels = runningKernels();
+    check(kernels.length === 1, `${kernels.length} safe-data kernels run for this server: ${JSON.stringify(kernels)}`);
+    const problem = modeProblem(kernels[0].argv, `the running kernel (pid ${kernels[0].pid})`);
+    check(!problem, problem);
+    log(`   kernel pid ${kernels[0].pid}: ${kernels[0].argv.slice(1).filter((x) => !x.includes(state.tmp)).join(' ')}`);
+  }
   await appear(cell(0).locator('.cm-content'), "the first cell's editor");
   await screenshot('notebook');
 });
@@ -595,6 +682,42 @@ step('a refused query shows the refusal', async () => {
   await screenshot('refused');
 }, { independent: true });
 
+if (AUDIT_LOG) {
+  step(`the statements reached the ${KERNEL_MODE ? `${KERNEL_MODE} mode's ` : ''}audit log`, async () => {
+    // Each statement of the notebook, with the verdicts it may have.
+    const expected = [
+      [TABLE_SQL, ['released']],
+      [CHART_SQL, ['released', 'partly_suppressed']],
+      [HISTOGRAM_SQL, ['released', 'partly_suppressed']],
+      [REFUSED_SQL, ['refused']],
+    ];
+    let missing = [];
+    let records = [];
+    await until(
+      () => {
+        records = auditRecords();
+        missing = expected.filter(([sql, verdicts]) => !records.some((r) => r.statement === sql && verdicts.includes(r.verdict)));
+        return missing.length === 0;
+      },
+      10_000,
+      'the audit records',
+    ).catch(() => {
+      const seen = records.map((r) => `${r.verdict}: ${r.statement}`);
+      throw new StepError(
+        `${AUDIT_LOG} has no record of ${missing.map(([sql, v]) => `${JSON.stringify(sql)} (${v.join(' or ')})`).join(', ')}; ` +
+          `records since the start: ${JSON.stringify(seen)}`,
+      );
+    });
+    const users = [...new Set(records.map((r) => r.user))];
+    if (KERNEL_MODE === 'service') {
+      // The service names the account from the socket (SO_PEERCRED).
+      const me = os.userInfo().username;
+      check(users.length === 1 && users[0] === me, `the service audited the statements as ${JSON.stringify(users)}, not as "${me}"`);
+    }
+    log(`   ${records.length} records since the start, as ${JSON.stringify(users)}`);
+  }, { independent: true });
+}
+
 // --------------------------------------------------------------- main
 
 async function main() {
@@ -603,6 +726,7 @@ async function main() {
     if (/\.(png|log|html)$/.test(f)) fs.rmSync(path.join(ARTIFACTS, f));
   }
   check(fs.existsSync(CHROMIUM), `no browser at ${CHROMIUM} (scripts/browser-test.sh installs Debian's chromium)`);
+  if (AUDIT_LOG) auditStart = fs.existsSync(AUDIT_LOG) ? fs.statSync(AUDIT_LOG).size : 0;
 
   await withTimeout(startServer(), STEP_MS * 3, 'starting jupyter lab');
   log('jupyter lab is up');

@@ -43,6 +43,8 @@ def ensure_accounts() -> None:
             subprocess.run(["groupadd", SCIENTISTS], check=True, capture_output=True)
         if not _user_exists(SERVICE):
             subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", SERVICE], check=True, capture_output=True)
+        # The service gives its socket to socket_group: it must be a member (docs/deploy.md).
+        subprocess.run(["usermod", "--append", "--groups", SCIENTISTS, SERVICE], check=True, capture_output=True)
         for user in (ALICE, BOB):
             if not _user_exists(user):
                 subprocess.run(["useradd", "--create-home", "--groups", SCIENTISTS, user], check=True, capture_output=True)

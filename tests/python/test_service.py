@@ -628,7 +628,7 @@ PROBE = textwrap.dedent(
     s = conn(); s.sendall(frame({"type": "interrupt"})); out["no_hello"] = answer(s); s.close()
     # Garbage, an oversized claim, a truncated frame, each after a good hello.
     for name, payload in [
-        ("garbage", struct.pack(">I", 12) + b"\xff\xfe not json"),
+        ("garbage", struct.pack(">I", 11) + b"\xff\xfe not json"),
         ("oversized", struct.pack(">I", 0xFFFFFFFF)),
         ("unknown", frame({"type": "drop_tables", "id": 1})),
         ("second_hello", frame({"type": "hello", "version": 1})),
@@ -654,8 +654,16 @@ PROBE = textwrap.dedent(
     # One account holding many connections at once: capped per account.
     held, answers = [], []
     for i in range(40):
-        s = conn(); s.sendall(frame({"type": "hello", "version": 1}))
-        a = answer(s); answers.append(a and a["type"]); held.append(s)
+        s = conn()
+        # A refused connection is told at once, before any hello.
+        s.settimeout(0.3)
+        try:
+            a = answer(s)
+        except socket.timeout:
+            s.settimeout(15)
+            s.sendall(frame({"type": "hello", "version": 1}))
+            a = answer(s)
+        answers.append(a and a["type"]); held.append(s)
         if a and a["type"] == "refused":
             out["held_reason"] = a["reason"]
     out["held"] = answers

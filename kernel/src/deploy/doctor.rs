@@ -14,7 +14,10 @@
 //!   access without the token, no terminal, no kernelspec but Safe Data's,
 //!   no other kernel startable (`python3` is always tried), no source or
 //!   state file reachable through `/api/contents` or `/files` (relative
-//!   paths for every root_dir above the file, and `..` escapes).
+//!   paths for every root_dir above the file, and `..` escapes); no symlink
+//!   in the notebooks folder (`--notebooks`) that leads to them; no
+//!   kernelspec installed in this environment's Jupyter folders that is not
+//!   offered but starts by name.
 //!
 //! It only looks: the terminal or kernel it manages to start is deleted at
 //! once; files are opened for nothing (the REST probes ask for metadata, or
@@ -386,9 +389,42 @@ fn check_jupyter(url: &str, token: Option<&str>, notebooks: Option<&Path>, prote
         }
     }
     check_terminals(&api, r);
-    let others = check_kernelspecs(&api, r);
-    check_kernel_starts(&api, &others, r);
+    let (others, ours) = check_kernelspecs(&api, r);
+    check_kernel_starts(&api, &others, &ours, r);
     check_contents(&api, notebooks, protected, cfg, r);
+    if let Some(nb) = notebooks {
+        check_symlinks(nb, protected, r);
+    }
+}
+
+/// Symlinks in the notebooks folder that lead to a protected path:
+/// jupyter_server (2.21) serves a symlink's target through `/api/contents`
+/// wherever it points, and no setting stops it.
+fn check_symlinks(notebooks: &Path, protected: &[Protected], r: &mut Report) {
+    let (paths, stopped) = perms::walk(&resolve(notebooks));
+    if stopped {
+        r.note(format!("the notebooks folder has more than {} entries: only the first were checked for symlinks", perms::MAX_WALK));
+    }
+    let targets: Vec<(&Protected, PathBuf)> = protected.iter().filter(|p| p.secret).map(|p| (p, resolve(&p.path))).collect();
+    let mut clean = true;
+    for link in paths.iter().filter(|p| std::fs::symlink_metadata(p).is_ok_and(|m| m.file_type().is_symlink())) {
+        let Ok(to) = std::fs::canonicalize(link) else { continue };
+        for (p, path) in &targets {
+            if to.starts_with(path) || (to.is_dir() && path.starts_with(&to)) {
+                clean = false;
+                r.hole(format!(
+                    "the symlink {} in the notebooks folder leads to {} ({}): jupyter_server serves a symlink's target through /api/contents; remove the symlink",
+                    link.display(),
+                    p.what,
+                    path.display()
+                ));
+                break;
+            }
+        }
+    }
+    if clean {
+        r.ok("no symlink in the notebooks folder leads to a source or the state_dir");
+    }
 }
 
 fn check_terminals(api: &Jupyter, r: &mut Report) {
@@ -404,23 +440,24 @@ fn check_terminals(api: &Jupyter, r: &mut Report) {
     }
 }
 
-/// Checks the offered kernelspecs; returns the names that are not Safe Data's.
-fn check_kernelspecs(api: &Jupyter, r: &mut Report) -> Vec<String> {
+/// Checks the offered kernelspecs; returns the names that are not Safe
+/// Data's and those that are.
+fn check_kernelspecs(api: &Jupyter, r: &mut Report) -> (Vec<String>, Vec<String>) {
     let specs = match api.call("GET", "api/kernelspecs", None, true) {
         Ok((200, body)) => match serde_json::from_str::<Value>(&body) {
             Ok(v) => v,
             Err(_) => {
                 r.error("kernelspecs: the answer is not JSON");
-                return Vec::new();
+                return (Vec::new(), Vec::new());
             }
         },
         Ok((status, _)) => {
             r.error(format!("kernelspecs: status {status}"));
-            return Vec::new();
+            return (Vec::new(), Vec::new());
         }
         Err(e) => {
             r.error(format!("kernelspecs: {e}"));
-            return Vec::new();
+            return (Vec::new(), Vec::new());
         }
     };
     let mut others = Vec::new();
@@ -437,12 +474,46 @@ fn check_kernelspecs(api: &Jupyter, r: &mut Report) -> Vec<String> {
     if others.is_empty() {
         r.ok(format!("only Safe Data kernelspecs are offered ({})", if ours.is_empty() { "none".to_string() } else { ours.join(", ") }));
     }
-    others
+    (others, ours)
 }
 
-fn check_kernel_starts(api: &Jupyter, others: &[String], r: &mut Report) {
+fn check_kernel_starts(api: &Jupyter, others: &[String], offered: &[String], r: &mut Report) {
     let mut names = vec!["python3".to_string()];
     names.extend(others.iter().filter(|n| *n != "python3").take(10).cloned());
+    // Installed on this machine but not listed: jupyter_client starts any
+    // kernelspec by name (the list is only a filter) when its provisioner
+    // exists, and every kernelspec that names `local-provisioner` has it.
+    let mut tried = 0;
+    for spec in super::jupyter::installed_kernelspecs() {
+        if !spec.names_provisioner || offered.iter().chain(&names).any(|n| n.eq_ignore_ascii_case(&spec.name)) {
+            continue;
+        }
+        tried += 1;
+        if tried > 20 {
+            r.note("more than 20 kernelspecs installed but not offered: only the first 20 were tried");
+            break;
+        }
+        let body = serde_json::json!({ "name": spec.name }).to_string();
+        match api.call("POST", "api/kernels", Some(&body), true) {
+            Ok((200..=299, answer)) => {
+                let text = format!(
+                    "the kernelspec `{}` ({}) is not offered but a kernel of it can be started (POST /api/kernels): the allow-list only hides it; remove it from the server's Jupyter folders, or allow it with jupyter-config --kernel-name",
+                    spec.name,
+                    spec.file.display()
+                );
+                if spec.safe_data {
+                    r.note(format!("a Safe Data {text}"))
+                } else {
+                    r.hole(text)
+                }
+                if let Some(id) = serde_json::from_str::<Value>(&answer).ok().and_then(|v| v.get("id").and_then(Value::as_str).map(str::to_string)) {
+                    let _ = api.call("DELETE", &format!("api/kernels/{}", encode(&id)), None, true);
+                }
+            }
+            Ok(_) => {}
+            Err(e) => r.error(format!("kernels: {e}")),
+        }
+    }
     for name in names {
         let body = serde_json::json!({ "name": name }).to_string();
         match api.call("POST", "api/kernels", Some(&body), true) {

@@ -70,7 +70,9 @@ pub fn check_notebooks(notebooks: &Path, protected: &[Protected]) -> Result<Path
     }
     for p in protected {
         let path = resolve(&p.path);
-        let relation = if path.starts_with(&dir) {
+        let relation = if path == dir {
+            "is"
+        } else if path.starts_with(&dir) {
             "contains"
         } else if dir.starts_with(&path) {
             "is inside"
@@ -172,11 +174,58 @@ fn kernelspec_dirs() -> Vec<PathBuf> {
     dirs
 }
 
-/// Warnings about the allowed kernelspecs as installed: missing, or not
-/// naming their provisioner (the hardened server would refuse them).
+/// A kernelspec found in the usual Jupyter folders.
+#[derive(Debug, Clone)]
+pub struct Installed {
+    pub name: String,
+    pub file: PathBuf,
+    /// Its metadata names a kernel provisioner: the hardened server's
+    /// refusing default does not stop it.
+    pub names_provisioner: bool,
+    /// Its metadata has `safe_data` (written by `safe-data install`).
+    pub safe_data: bool,
+}
+
+/// The kernelspecs installed where Jupyter usually looks (the first of each
+/// name, as Jupyter takes it), at most 100.
+pub fn installed_kernelspecs() -> Vec<Installed> {
+    let mut out: Vec<Installed> = Vec::new();
+    for dir in kernelspec_dirs() {
+        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+        let mut names: Vec<String> = entries.filter_map(|e| e.ok().and_then(|e| e.file_name().into_string().ok())).collect();
+        names.sort();
+        for name in names {
+            // Jupyter finds kernelspecs by lower-cased name.
+            let key = name.to_lowercase();
+            let file = dir.join(&name).join("kernel.json");
+            if out.len() >= 100 || out.iter().any(|i| i.name.to_lowercase() == key) || !file.is_file() {
+                continue;
+            }
+            let spec: Option<Value> = std::fs::read_to_string(&file).ok().and_then(|t| serde_json::from_str(&t).ok());
+            let names_provisioner = spec.as_ref().and_then(|s| s.pointer("/metadata/kernel_provisioner/provisioner_name")).is_some_and(Value::is_string);
+            let safe_data = spec.as_ref().and_then(|s| s.pointer("/metadata/safe_data")).is_some_and(Value::is_object);
+            out.push(Installed { name, file, names_provisioner, safe_data });
+        }
+    }
+    out
+}
+
+/// Warnings about the kernelspecs as installed: an allowed one missing, or
+/// not naming its provisioner (the hardened server would refuse it); another
+/// one that names its provisioner (the server would start it by name, though
+/// it does not list it).
 pub fn kernelspec_warnings(kernel_names: &[String]) -> Vec<String> {
     let dirs = kernelspec_dirs();
     let mut warnings = Vec::new();
+    for other in installed_kernelspecs() {
+        if other.names_provisioner && !kernel_names.iter().any(|n| n.eq_ignore_ascii_case(&other.name)) {
+            warnings.push(format!(
+                "{} names its kernel provisioner, so the hardened server starts `{}` by name (POST /api/kernels) although it does not list it: remove that kernelspec, or allow it with --kernel-name",
+                other.file.display(),
+                other.name
+            ));
+        }
+    }
     for name in kernel_names {
         let Some(file) = dirs.iter().map(|d| d.join(name).join("kernel.json")).find(|f| f.is_file()) else {
             warnings.push(format!(
@@ -277,6 +326,8 @@ mod tests {
         assert!(text.contains("contains the source of table `t`") && text.contains("Choose a notebooks folder"), "{text}");
         let text = check_notebooks(&dir.join("state/history"), &protected(&dir)).unwrap_err().to_string();
         assert!(text.contains("is inside the state_dir"), "{text}");
+        let text = check_notebooks(&dir.join("state"), &protected(&dir)).unwrap_err().to_string();
+        assert!(text.contains("state is the state_dir"), "{text}");
         // A symlink to the data folder is resolved.
         std::os::unix::fs::symlink(dir.join("data"), dir.join("link")).unwrap();
         assert!(check_notebooks(&dir.join("link"), &protected(&dir)).is_err());

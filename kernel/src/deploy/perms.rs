@@ -209,7 +209,7 @@ mod tests {
         assert_eq!(mode_access(&f, Some(&member)), Access { read: true, write: false });
         assert_eq!(mode_access(&f, Some(&other)), Access::default());
         assert_eq!(mode_access(&f, None), Access::default());
-        chmod(&f, 0o604);
+        chmod(&f, 0o204);
         // The owner class is exact: the owner cannot read although others can.
         assert_eq!(mode_access(&f, Some(&owner)), Access { read: false, write: true });
         assert_eq!(mode_access(&f, None), Access { read: true, write: false });

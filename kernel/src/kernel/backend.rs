@@ -116,6 +116,9 @@ pub enum HistoryQuery {
 
 /// The most history entries one reply holds (newest kept).
 pub const MAX_HISTORY_ITEMS: usize = 10_000;
+/// The most source text one history reply holds (newest entries kept): a
+/// user whose history holds large cells cannot make every reply huge.
+pub const MAX_HISTORY_REPLY_BYTES: usize = 1 << 20;
 
 impl HistoryQuery {
     /// The query of a `history_request`'s content (IPython's fields; absent
@@ -146,7 +149,18 @@ impl HistoryQuery {
             HistoryQuery::Range { session, start, stop } => h.range(*session, *start, *stop).iter().map(HistoryItem::of).collect(),
             HistoryQuery::Search { pattern, n, unique } => h.search(pattern, cap(*n), *unique).iter().map(HistoryItem::of).collect(),
         };
-        let skip = items.len().saturating_sub(MAX_HISTORY_ITEMS);
+        // The newest entries that fit in MAX_HISTORY_ITEMS and MAX_HISTORY_REPLY_BYTES.
+        let mut bytes = 0usize;
+        let kept = items
+            .iter()
+            .rev()
+            .take(MAX_HISTORY_ITEMS)
+            .take_while(|e| {
+                bytes = bytes.saturating_add(e.source.len());
+                bytes <= MAX_HISTORY_REPLY_BYTES
+            })
+            .count();
+        let skip = items.len() - kept;
         items.into_iter().skip(skip).collect()
     }
 }

@@ -68,8 +68,6 @@ pub(super) struct Shared {
     execution_count: Mutex<u64>,
     /// Messages larger than this (all frames) are dropped before parsing.
     max_message_bytes: usize,
-    /// See [`Options::confine`].
-    confine: bool,
     replay: Mutex<wire::ReplayGuard>,
     shutdown: tokio::sync::watch::Sender<bool>,
     /// Number of execute requests received so far (a job's `seq` is its rank).
@@ -112,10 +110,6 @@ pub struct Options {
     pub session: String,
     /// Messages larger than this (all frames) are refused before parsing.
     pub max_message_bytes: usize,
-    /// Confine the process with Landlock once its sockets are bound (the
-    /// service-mode kernel, which needs nothing but its connection file,
-    /// its runtime folder and the service's socket).
-    pub confine: bool,
 }
 
 impl Options {
@@ -124,7 +118,7 @@ impl Options {
     pub fn new(max_message_mb: u64) -> Options {
         let max_message_bytes =
             std::env::var("SAFE_DATA_MAX_MESSAGE_BYTES").ok().and_then(|v| v.parse().ok()).unwrap_or(max_message_mb.saturating_mul(1 << 20) as usize);
-        Options { session: uuid::Uuid::new_v4().to_string(), max_message_bytes, confine: false }
+        Options { session: uuid::Uuid::new_v4().to_string(), max_message_bytes }
     }
 }
 
@@ -141,7 +135,6 @@ pub async fn run(connection_file: &std::path::Path, backend: Arc<dyn Backend>, o
         backend,
         execution_count: Mutex::new(0),
         max_message_bytes: options.max_message_bytes,
-        confine: options.confine,
         replay: Mutex::new(wire::ReplayGuard::new(REPLAY_MEMORY)),
         shutdown: shutdown_tx,
         received: std::sync::atomic::AtomicU64::new(0),

@@ -124,9 +124,6 @@ pub(super) async fn serve(
     let mut hb = RouterSocket::new();
     bind(&mut hb, &endpoints.hb).await?;
     tracing::info!(shell = %info.shell_url(), "Safe Data kernel listening");
-    if shared.confine {
-        confine(&endpoints);
-    }
 
     tokio::spawn(iopub_loop(iopub, iopub_rx));
     tokio::spawn(heartbeat_loop(hb));
@@ -146,21 +143,6 @@ pub(super) async fn serve(
         shared.replay.lock().unwrap_or_else(|p| p.into_inner()).remove_file();
     }
     Ok(())
-}
-
-/// Confines a service-mode kernel once every socket is bound: it reads its
-/// connection file, and writes only its private socket folder and the
-/// connection file's folder (the replay memory and `ipc` socket files live
-/// there); no TCP bind or connect. It keeps what it already holds (the bound
-/// sockets) and can still connect to the service's Unix socket.
-fn confine(endpoints: &Endpoints) {
-    let Some(connection_file) = CONNECTION_FILE.get() else { return };
-    let mut rules = crate::sandbox::kernel_confinement(connection_file);
-    rules.write.push(endpoints.private_dir.clone());
-    if let Some(dir) = connection_file.parent() {
-        rules.write.push(dir.to_path_buf());
-    }
-    crate::sandbox::confine(&rules);
 }
 
 /// Where the zeromq sockets bind: private Unix sockets in a directory only

@@ -21,6 +21,9 @@ use tokio::sync::mpsc;
 
 /// How long connecting and the handshake may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Connecting to a service whose listen queue is full is retried with a
+/// doubling pause up to this pause (about 2.5 s in all).
+const CONNECT_RETRY_UNTIL: Duration = Duration::from_secs(1);
 /// How long a completion, inspection or history request waits for its answer.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// After an interrupt, how long a cell waits for the service to confirm the
@@ -118,13 +121,29 @@ struct Welcome {
 /// Connects, says hello and reads the service's answer; then starts the
 /// reader and writer tasks.
 async fn open(socket: &Path) -> Result<(Arc<Connection>, Welcome), String> {
-    let stream = tokio::net::UnixStream::connect(socket).await.map_err(|e| e.to_string())?;
+    // A full listen queue (a busy service, or a flood of connections by
+    // someone else) refuses at once rather than waiting: try again briefly.
+    let mut pause = Duration::from_millis(20);
+    let stream = loop {
+        match tokio::net::UnixStream::connect(socket).await {
+            Ok(stream) => break stream,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && pause < CONNECT_RETRY_UNTIL => {
+                tokio::time::sleep(pause).await;
+                pause *= 2;
+            }
+            Err(e) => return Err(e.to_string()),
+        }
+    };
     let (mut read, mut write) = stream.into_split();
-    protocol::write_msg(&mut write, &ClientMsg::Hello { version: protocol::VERSION }, MAX_REQUEST_BYTES).await.map_err(|e| e.to_string())?;
-    let first = protocol::read_frame(&mut read, MAX_RESPONSE_BYTES).await.map_err(|e| match e {
-        ProtocolError::Closed => "the service closed the connection during the handshake".to_string(),
-        e => e.to_string(),
-    })?;
+    // The service may refuse (and close) before it reads the hello: a
+    // failed write still reads the refusal, which says why.
+    let sent = protocol::write_msg(&mut write, &ClientMsg::Hello { version: protocol::VERSION }, MAX_REQUEST_BYTES).await;
+    let first = match protocol::read_frame(&mut read, MAX_RESPONSE_BYTES).await {
+        Ok(frame) => frame,
+        Err(_) if sent.is_err() => return Err(sent.err().map(|e| e.to_string()).unwrap_or_default()),
+        Err(ProtocolError::Closed) => return Err("the service closed the connection during the handshake".to_string()),
+        Err(e) => return Err(e.to_string()),
+    };
     let welcome = match protocol::decode::<ServiceMsg>(&first).map_err(|e| e.to_string())? {
         ServiceMsg::Welcome { version, display_name, user, .. } => {
             if version != protocol::VERSION {

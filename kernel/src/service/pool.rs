@@ -7,6 +7,7 @@
 
 use super::protocol::{self, FromWorker, MAX_REQUEST_BYTES, MAX_RESPONSE_BYTES, ProtocolError, ToWorker};
 use std::os::fd::OwnedFd;
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -117,13 +118,18 @@ struct Inner {
     idle_tx: mpsc::UnboundedSender<Worker>,
     idle_rx: tokio::sync::Mutex<mpsc::UnboundedReceiver<Worker>>,
     spawner: std::sync::Mutex<std_mpsc::Sender<SpawnRequest>>,
+    /// Set while workers fail to start (cleared by the next that starts).
+    failing: std::sync::atomic::AtomicBool,
 }
 
 impl Pool {
     /// Starts `size` workers for `config` (they become available as they
     /// finish loading). Call inside the runtime.
     pub fn start(config: PathBuf, size: usize) -> Result<Pool, WorkerError> {
-        let exe = std::env::current_exe().map_err(|e| WorkerError::Start(format!("cannot locate the safe-data binary: {e}")))?;
+        // The running binary itself, even after its file was replaced (an
+        // upgrade or a rebuild): workers always match the service.
+        let shown = std::env::current_exe().map_err(|e| WorkerError::Start(format!("cannot locate the safe-data binary: {e}")))?;
+        let exe = if cfg!(target_os = "linux") { PathBuf::from("/proc/self/exe") } else { shown.clone() };
         let (spawn_tx, spawn_rx) = std_mpsc::channel::<SpawnRequest>();
         // Workers die with the thread that started them (PR_SET_PDEATHSIG):
         // one thread, alive as long as the service, starts them all.
@@ -132,6 +138,7 @@ impl Pool {
             .spawn(move || {
                 for reply in spawn_rx {
                     let child = Command::new(&exe)
+                        .arg0(&shown)
                         .arg("worker")
                         .arg("--config")
                         .arg(&config)
@@ -144,7 +151,14 @@ impl Pool {
             })
             .map_err(|e| WorkerError::Start(e.to_string()))?;
         let (idle_tx, idle_rx) = mpsc::unbounded_channel();
-        let pool = Pool { inner: Arc::new(Inner { idle_tx, idle_rx: tokio::sync::Mutex::new(idle_rx), spawner: std::sync::Mutex::new(spawn_tx) }) };
+        let pool = Pool {
+            inner: Arc::new(Inner {
+                idle_tx,
+                idle_rx: tokio::sync::Mutex::new(idle_rx),
+                spawner: std::sync::Mutex::new(spawn_tx),
+                failing: Default::default(),
+            }),
+        };
         for _ in 0..size {
             pool.replace();
         }
@@ -162,6 +176,12 @@ impl Pool {
         }
     }
 
+    /// Whether the last attempt to start a worker failed (a cell waiting
+    /// for one may wait for ever: the service's log says why).
+    pub fn failing(&self) -> bool {
+        self.inner.failing.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     /// Gives a healthy worker back.
     pub fn release(&self, worker: Worker) {
         let _ = self.inner.idle_tx.send(worker);
@@ -176,10 +196,12 @@ impl Pool {
                 match pool.start_one().await {
                     Ok(worker) => {
                         tracing::debug!(pid = worker.pid(), "worker ready");
+                        pool.inner.failing.store(false, std::sync::atomic::Ordering::SeqCst);
                         pool.release(worker);
                         return;
                     }
                     Err(e) => {
+                        pool.inner.failing.store(true, std::sync::atomic::Ordering::SeqCst);
                         tracing::error!("{e}; trying again in {} s", RESTART_BACKOFF.as_secs());
                         tokio::time::sleep(RESTART_BACKOFF).await;
                     }

@@ -55,12 +55,27 @@ pub const MAX_CONNECTIONS_PER_USER: usize = 32;
 const FDS_PER_CONNECTION: u64 = 5;
 /// Descriptors kept for the audit log, the workers' pipes and the sources.
 const FD_RESERVE: u64 = 256;
+/// How often a refused account's connections are audited (one line, with
+/// the number refused meanwhile).
+const REFUSAL_AUDIT_EVERY: Duration = Duration::from_secs(60);
 /// The largest first frame (the hello is a few bytes).
 const MAX_HELLO_BYTES: usize = 4096;
 /// Completion, inspection and history requests one connection may have in flight.
 const MAX_IN_FLIGHT: usize = 16;
 /// Frames queued for one connection's writer.
 const OUT_QUEUE: usize = 64;
+/// Bytes of answers queued for one connection and not yet written (a
+/// larger frame waits until the queue is empty).
+const OUT_BYTES: usize = 8 << 20;
+
+/// How long a cell waits for a worker while none can start before it is
+/// answered with an error.
+const WORKER_START_PATIENCE: Duration = Duration::from_secs(10);
+/// History answers computed at once in the whole service.
+const HISTORY_ANSWERS: usize = 4;
+
+/// A frame on its way to a kernel, with its share of the byte budget.
+type Queued = (Vec<u8>, tokio::sync::OwnedSemaphorePermit);
 /// How long an answer may wait for a client that does not read.
 const CLIENT_SEND_TIMEOUT: Duration = Duration::from_secs(30);
 /// Beyond the owner's `query_timeout_s`, how long a worker may take over
@@ -106,7 +121,24 @@ struct Service {
     pool: Pool,
     state_dir: PathBuf,
     query_timeout: Duration,
-    per_user: PerUser,
+    per_user: Arc<PerUser>,
+    /// When each refused account was last audited, and how many refusals
+    /// since ([`REFUSAL_AUDIT_EVERY`]).
+    refusals: Mutex<std::collections::HashMap<u32, (std::time::Instant, u64)>>,
+    /// History answers being computed ([`HISTORY_ANSWERS`]).
+    history_answers: Arc<Semaphore>,
+    /// Each account's share of the workers ([`Service::worker_share`]).
+    shares: Mutex<std::collections::HashMap<String, Arc<Semaphore>>>,
+}
+
+impl Service {
+    /// The workers one account may use at once: all but one when there are
+    /// several, so a user running many heavy cells never delays everyone.
+    fn worker_share(&self, user: &str) -> Arc<Semaphore> {
+        let per_user = self.config.workers.saturating_sub(1).max(1);
+        let mut shares = self.shares.lock().unwrap_or_else(|p| p.into_inner());
+        shares.entry(user.to_string()).or_insert_with(|| Arc::new(Semaphore::new(per_user))).clone()
+    }
 }
 
 /// Runs the service until SIGTERM or SIGINT.
@@ -158,7 +190,19 @@ fn confined_serve(
     let served = runtime.block_on(async move {
         let pool = Pool::start(config_path, service.workers).map_err(|e| ServeError::Start(e.to_string()))?;
         let query_timeout = catalog.config.server.query_timeout;
-        let service = Arc::new(Service { catalog, config: service, policy, audit, pool, state_dir, query_timeout, per_user: PerUser::default() });
+        let service = Arc::new(Service {
+            catalog,
+            config: service,
+            policy,
+            audit,
+            pool,
+            state_dir,
+            query_timeout,
+            per_user: Arc::default(),
+            refusals: Mutex::default(),
+            history_answers: Arc::new(Semaphore::new(HISTORY_ANSWERS)),
+            shares: Mutex::default(),
+        });
         listener.set_nonblocking(true).map_err(|e| ServeError::Start(e.to_string()))?;
         let listener = tokio::net::UnixListener::from_std(listener).map_err(|e| ServeError::Start(e.to_string()))?;
         accept_loop(service, listener).await
@@ -226,8 +270,12 @@ fn bind(config: &ServiceConfig) -> Result<std::os::unix::net::UnixListener, Serv
     let listener = std::os::unix::net::UnixListener::bind(path).map_err(|e| ServeError::Bind { path: shown.clone(), message: e.to_string() })?;
     let set = || -> Result<(), String> {
         if let Some(gid) = group {
-            nix::unistd::chown(path, None, Some(gid))
-                .map_err(|e| format!("cannot give the socket to group {}: {e}", config.socket_group.as_deref().unwrap_or("")))?;
+            nix::unistd::chown(path, None, Some(gid)).map_err(|e| {
+                let group = config.socket_group.as_deref().unwrap_or("");
+                format!(
+                    "cannot give the socket to group {group}: {e}; the service's account must be a member of it (usermod --append --groups {group} ACCOUNT)"
+                )
+            })?;
         }
         let mode = if group.is_some() { 0o660 } else { 0o666 };
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(|e| format!("cannot set the socket's mode: {e}"))
@@ -246,18 +294,35 @@ async fn accept_loop(service: Arc<Service>, listener: tokio::net::UnixListener) 
         return Err(ServeError::Start("cannot install the signal handlers".into()));
     };
     let max_connections = connection_limit();
+    let throttle = LogThrottle::default();
     let connections = Arc::new(Semaphore::new(max_connections));
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
+                    // The account's quota first: one account (allowed or
+                    // not) flooding the socket cannot take the slots of
+                    // the others.
+                    let Ok(uid) = stream.peer_cred().map(|c| c.uid()) else { continue };
+                    let Some(slot) = PerUser::take(&service.per_user, uid) else {
+                        let reason = format!("this account has {MAX_CONNECTIONS_PER_USER} kernels connected to the Safe Data service already; shut some down");
+                        if let Ok(frame) = protocol::encode(&ServiceMsg::Refused { reason }, MAX_RESPONSE_BYTES) {
+                            let _ = stream.try_write(&frame);
+                        }
+                        if throttle.allow() {
+                            tracing::warn!(uid, "refused connections: the account has {MAX_CONNECTIONS_PER_USER} open already");
+                        }
+                        continue;
+                    };
                     let Ok(permit) = connections.clone().try_acquire_owned() else {
-                        tracing::warn!("{max_connections} connections are open; closed a new one");
+                        if throttle.allow() {
+                            tracing::warn!("{max_connections} connections are open; closed new ones");
+                        }
                         continue;
                     };
                     let service = service.clone();
                     tokio::spawn(async move {
-                        connection(service, stream).await;
+                        connection(service, stream, slot).await;
                         drop(permit);
                     });
                 }
@@ -291,29 +356,45 @@ fn connection_limit() -> usize {
     (fit as usize).min(MAX_CONNECTIONS)
 }
 
+/// At most one log line per second for a flood of connections.
+#[derive(Default)]
+struct LogThrottle(std::sync::Mutex<Option<std::time::Instant>>);
+
+impl LogThrottle {
+    fn allow(&self) -> bool {
+        let mut last = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let now = std::time::Instant::now();
+        if last.is_some_and(|t| now.duration_since(t) < Duration::from_secs(1)) {
+            return false;
+        }
+        *last = Some(now);
+        true
+    }
+}
+
 /// Counts the connections of each account ([`MAX_CONNECTIONS_PER_USER`]).
 #[derive(Default)]
 struct PerUser(Mutex<std::collections::HashMap<u32, usize>>);
 
 /// One account's slot; given back when dropped.
-struct UserSlot<'a> {
-    counts: &'a PerUser,
+struct UserSlot {
+    counts: Arc<PerUser>,
     uid: u32,
 }
 
 impl PerUser {
-    fn take(&self, uid: u32) -> Option<UserSlot<'_>> {
-        let mut counts = self.0.lock().unwrap_or_else(|p| p.into_inner());
+    fn take(this: &Arc<PerUser>, uid: u32) -> Option<UserSlot> {
+        let mut counts = this.0.lock().unwrap_or_else(|p| p.into_inner());
         let n = counts.entry(uid).or_insert(0);
         if *n >= MAX_CONNECTIONS_PER_USER {
             return None;
         }
         *n += 1;
-        Some(UserSlot { counts: self, uid })
+        Some(UserSlot { counts: this.clone(), uid })
     }
 }
 
-impl Drop for UserSlot<'_> {
+impl Drop for UserSlot {
     fn drop(&mut self) {
         let mut counts = self.counts.0.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(n) = counts.get_mut(&self.uid) {
@@ -414,7 +495,10 @@ struct Conn {
     /// History requests, through their own database connection: a slow
     /// search never delays an append.
     reader: Arc<Mutex<History>>,
-    out: mpsc::Sender<Vec<u8>>,
+    out: mpsc::Sender<Queued>,
+    /// Bytes of answers queued for this kernel and not yet written
+    /// ([`OUT_BYTES`]); a frame holds its share until it is written.
+    budget: Arc<Semaphore>,
     /// The running cell's stop signal.
     running: Mutex<Option<Arc<Stop>>>,
     in_flight: AtomicUsize,
@@ -430,11 +514,23 @@ impl Conn {
                 return false;
             }
         };
-        matches!(tokio::time::timeout(CLIENT_SEND_TIMEOUT, self.out.send(frame)).await, Ok(Ok(())))
+        self.send_frame(frame).await
+    }
+
+    /// Queues an encoded frame once the connection's byte budget has room;
+    /// `false` when the kernel is gone or does not read within
+    /// [`CLIENT_SEND_TIMEOUT`].
+    async fn send_frame(&self, frame: Vec<u8>) -> bool {
+        let share = u32::try_from(frame.len().min(OUT_BYTES)).unwrap_or(u32::MAX);
+        let queued = async {
+            let permit = self.budget.clone().acquire_many_owned(share).await.ok()?;
+            self.out.send((frame, permit)).await.ok()
+        };
+        matches!(tokio::time::timeout(CLIENT_SEND_TIMEOUT, queued).await, Ok(Some(())))
     }
 }
 
-async fn connection(service: Arc<Service>, stream: UnixStream) {
+async fn connection(service: Arc<Service>, stream: UnixStream, _slot: UserSlot) {
     let peer = match Peer::of(&stream) {
         Ok(p) => p,
         Err(e) => {
@@ -445,18 +541,39 @@ async fn connection(service: Arc<Service>, stream: UnixStream) {
     let session = uuid::Uuid::new_v4().to_string();
     let (mut read, mut write) = stream.into_split();
     if let Err(reason) = admit(&service.config, &peer) {
-        tracing::warn!(user = %peer.audit_name(), uid = peer.uid, "refused a connection: {reason}");
-        let entry = refusal_entry(&peer.audit_name(), &session, "(connection to the Safe Data service)", "NotAllowed");
-        append_audit(&service, entry).await;
+        // One audit line per account per minute, with how many were refused
+        // meanwhile: a refused account cannot flood the audit log.
+        let suppressed = {
+            let mut refusals = service.refusals.lock().unwrap_or_else(|p| p.into_inner());
+            let now = std::time::Instant::now();
+            match refusals.get_mut(&peer.uid) {
+                Some((last, n)) if now.duration_since(*last) < REFUSAL_AUDIT_EVERY => {
+                    *n += 1;
+                    None
+                }
+                Some((last, n)) => {
+                    let before = *n;
+                    (*last, *n) = (now, 0);
+                    Some(before)
+                }
+                None => {
+                    refusals.insert(peer.uid, (now, 0));
+                    Some(0)
+                }
+            }
+        };
+        if let Some(before) = suppressed {
+            tracing::warn!(user = %peer.audit_name(), uid = peer.uid, "refused a connection: {reason}");
+            let statement = match before {
+                0 => "(connection to the Safe Data service)".to_string(),
+                n => format!("(connection to the Safe Data service; {n} more refused since the last line)"),
+            };
+            append_audit(&service, refusal_entry(&peer.audit_name(), &session, &statement, "NotAllowed")).await;
+        }
         refuse(&mut write, reason).await;
         return;
     }
     let user = peer.audit_name();
-    let Some(_slot) = service.per_user.take(peer.uid) else {
-        tracing::warn!(%user, "refused a connection: the account has {MAX_CONNECTIONS_PER_USER} open already");
-        refuse(&mut write, format!("this account has {MAX_CONNECTIONS_PER_USER} kernels connected to the Safe Data service already; shut some down")).await;
-        return;
-    };
     let hello = match tokio::time::timeout(HANDSHAKE_TIMEOUT, protocol::read_frame(&mut read, MAX_HELLO_BYTES)).await {
         Ok(Ok(frame)) => protocol::hello_version(&frame),
         Ok(Err(e)) => Err(e),
@@ -501,10 +618,10 @@ async fn connection(service: Arc<Service>, stream: UnixStream) {
         return;
     }
     tracing::info!(%user, uid = peer.uid, %session, "kernel connected");
-    let (out, mut queue) = mpsc::channel::<Vec<u8>>(OUT_QUEUE);
+    let (out, mut queue) = mpsc::channel::<Queued>(OUT_QUEUE);
     tokio::spawn(async move {
         use tokio::io::AsyncWriteExt;
-        while let Some(frame) = queue.recv().await {
+        while let Some((frame, _budget)) = queue.recv().await {
             // A kernel that stops reading loses its connection (and the
             // queue with it), not the service's memory.
             match tokio::time::timeout(CLIENT_SEND_TIMEOUT, write.write_all(&frame)).await {
@@ -517,8 +634,16 @@ async fn connection(service: Arc<Service>, stream: UnixStream) {
             }
         }
     });
-    let conn =
-        Arc::new(Conn { requester: Requester::new(user.clone(), session), history, reader, out, running: Mutex::new(None), in_flight: AtomicUsize::new(0) });
+    let budget = Arc::new(Semaphore::new(OUT_BYTES));
+    let conn = Arc::new(Conn {
+        requester: Requester::new(user.clone(), session),
+        history,
+        reader,
+        out,
+        budget,
+        running: Mutex::new(None),
+        in_flight: AtomicUsize::new(0),
+    });
     let ended = serve_requests(&service, &conn, &mut read).await;
     match ended {
         Ok(()) => tracing::info!(%user, "kernel disconnected"),
@@ -580,7 +705,17 @@ async fn serve_requests(service: &Arc<Service>, conn: &Arc<Conn>, read: &mut tok
             }
             ClientMsg::History { id, query } => {
                 let history = conn.reader.clone();
+                // At most HISTORY_ANSWERS at once in the whole service: each
+                // may be a megabyte of text.
+                let Ok(slot) = service.history_answers.clone().try_acquire_owned() else {
+                    let busy = ServiceMsg::Failed { id, message: "the service is answering many history requests; try again".into() };
+                    if !conn.send(&busy).await {
+                        return Ok(());
+                    }
+                    continue;
+                };
                 answer(conn, id, move || {
+                    let _slot = slot;
                     let entries: Vec<HistoryItem> = query.run(&history.lock().unwrap_or_else(|p| p.into_inner()));
                     ServiceMsg::History { id, entries }
                 })?;
@@ -598,8 +733,17 @@ fn answer(conn: &Arc<Conn>, id: u64, work: impl FnOnce() -> ServiceMsg + Send + 
     }
     let conn = conn.clone();
     tokio::spawn(async move {
-        let msg = tokio::task::spawn_blocking(work).await.unwrap_or_else(|_| ServiceMsg::Failed { id, message: "an internal error occurred".into() });
-        conn.send(&msg).await;
+        // Encoded on the blocking thread too: a large answer never holds
+        // a runtime thread.
+        let encoded = tokio::task::spawn_blocking(move || protocol::encode(&work(), MAX_RESPONSE_BYTES)).await;
+        match encoded {
+            Ok(Ok(frame)) => {
+                conn.send_frame(frame).await;
+            }
+            _ => {
+                conn.send(&ServiceMsg::Failed { id, message: "an internal error occurred".into() }).await;
+            }
+        }
         conn.in_flight.fetch_sub(1, Ordering::SeqCst);
     });
     Ok(())
@@ -638,7 +782,7 @@ async fn execute(service: &Arc<Service>, conn: &Arc<Conn>, cell: &ExecuteCell, s
         return tokio::task::spawn_blocking(move || {
             backend::render_statements(&service.policy, &conn2.requester, &stop.cancel, &code, &statements, silent, &mut |output| {
                 if let Ok(frame) = protocol::encode(&ServiceMsg::Output { id, output }, MAX_RESPONSE_BYTES) {
-                    send_bounded(&conn2.out, frame, &stop.cancel);
+                    send_bounded(&conn2, frame, &stop.cancel);
                 }
             })
         })
@@ -651,20 +795,23 @@ async fn execute(service: &Arc<Service>, conn: &Arc<Conn>, cell: &ExecuteCell, s
 /// Queues a frame from a blocking thread, waiting at most
 /// [`CLIENT_SEND_TIMEOUT`] for room: a kernel that does not read stops its
 /// cell rather than pinning the thread.
-fn send_bounded(out: &mpsc::Sender<Vec<u8>>, frame: Vec<u8>, cancel: &CancelFlag) {
-    let deadline = std::time::Instant::now() + CLIENT_SEND_TIMEOUT;
-    let mut frame = frame;
+fn send_bounded(conn: &Conn, frame: Vec<u8>, cancel: &CancelFlag) {
+    if cancel.is_cancelled() || !tokio::runtime::Handle::current().block_on(conn.send_frame(frame)) {
+        cancel.cancel();
+    }
+}
+
+/// Returns once the pool has failed to start workers for
+/// [`WORKER_START_PATIENCE`] while this cell waited (a busy pool whose
+/// workers start fine never returns).
+async fn no_worker_can_start(service: &Service) {
+    let mut failing_since = None;
     loop {
-        match out.try_send(frame) {
-            Ok(()) => return,
-            Err(mpsc::error::TrySendError::Full(f)) if std::time::Instant::now() < deadline && !cancel.is_cancelled() => {
-                frame = f;
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            Err(_) => {
-                cancel.cancel();
-                return;
-            }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let now = tokio::time::Instant::now();
+        failing_since = if service.pool.failing() { Some(failing_since.unwrap_or(now)) } else { None };
+        if failing_since.is_some_and(|t| now - t >= WORKER_START_PATIENCE) {
+            return;
         }
     }
 }
@@ -679,8 +826,23 @@ fn internal_error() -> CellError {
 /// death, and audits the statement it was running.
 async fn on_worker(service: &Arc<Service>, conn: &Arc<Conn>, cell: &ExecuteCell, statements: &[Parsed], stop: &Arc<Stop>) -> Result<(), CellError> {
     let user = conn.requester.user.clone();
+    // One account never holds every worker: another user's cell finds one.
+    let share = service.worker_share(&user);
+    let _share = tokio::select! {
+        permit = share.acquire_owned() => permit.map_err(|_| internal_error())?,
+        why = stop.wait() => {
+            stopped(service, conn, statements.first(), stop_rule(why)).await;
+            return Err(stop_error(why));
+        }
+    };
     let mut worker = tokio::select! {
         w = service.pool.acquire() => w,
+        () = no_worker_can_start(service) => {
+            return Err(CellError::plain(
+                "ServiceUnavailable",
+                "no query process of the Safe Data service can start; ask the data owner to look at the service's log (SHOW TABLES and DESCRIBE still work)",
+            ));
+        }
         why = stop.wait() => {
             stopped(service, conn, statements.first(), stop_rule(why)).await;
             return Err(stop_error(why));
