@@ -72,6 +72,17 @@ pub const FREE_IN_FLIGHT_PER_CONNECTION: u64 = 256 << 10;
 /// The smallest shared in-flight budget; it is otherwise twice the owner's
 /// message cap, so one message of the largest size always fits.
 pub const MIN_IN_FLIGHT: u64 = 16 << 20;
+/// How long a delivered message's budget is kept at most while the kernel
+/// has not taken it (a safety net: the kernel takes every message).
+pub const DELIVERED_EXPIRY: Duration = Duration::from_secs(60);
+
+/// Drops the delivered messages' budget older than [`DELIVERED_EXPIRY`].
+fn expire(delivered: &mut std::collections::VecDeque<(Instant, OwnedSemaphorePermit)>) {
+    while delivered.front().is_some_and(|(at, _)| at.elapsed() > DELIVERED_EXPIRY) {
+        delivered.pop_front();
+    }
+}
+
 /// How long a connection waits for in-flight budget before it is closed.
 pub const BUDGET_WAIT: Duration = Duration::from_secs(10);
 /// A message that holds budget must arrive at this rate (after a grace of
@@ -324,9 +335,31 @@ pub struct Guard {
     pending: AtomicUsize,
     closed_log: LogThrottle,
     dropped_log: LogThrottle,
+    /// Budget of messages passed on to zeromq and not yet taken by the
+    /// kernel ([`Guard::consumed`]): zeromq queues what it reads, so a
+    /// message counts as in flight until the kernel has it.
+    delivered: Mutex<std::collections::VecDeque<(Instant, OwnedSemaphorePermit)>>,
 }
 
 impl Guard {
+    /// The kernel took a message of `bytes` (all frames) from zeromq: the
+    /// oldest budget held for a delivered message comes back. Budget of a
+    /// message the kernel never takes comes back after [`DELIVERED_EXPIRY`].
+    pub fn consumed(&self, bytes: u64) {
+        let mut delivered = self.delivered.lock().unwrap_or_else(|p| p.into_inner());
+        if bytes > FREE_IN_FLIGHT_PER_CONNECTION {
+            delivered.pop_front();
+        }
+        expire(&mut delivered);
+    }
+
+    /// Keeps a delivered message's budget until the kernel takes it.
+    fn deliver(&self, permit: OwnedSemaphorePermit) {
+        let mut delivered = self.delivered.lock().unwrap_or_else(|p| p.into_inner());
+        expire(&mut delivered);
+        delivered.push_back((Instant::now(), permit));
+    }
+
     pub fn new(limits: Limits, signer: Signer, peers: PeerPolicy) -> Arc<Guard> {
         let kib = usize::try_from(limits.in_flight >> 10).unwrap_or(usize::MAX).min(Semaphore::MAX_PERMITS);
         Arc::new(Guard {
@@ -342,6 +375,7 @@ impl Guard {
             pending: AtomicUsize::new(0),
             closed_log: LogThrottle::new(20, Duration::from_secs(10)),
             dropped_log: LogThrottle::new(5, Duration::from_secs(10)),
+            delivered: Mutex::new(std::collections::VecDeque::new()),
         })
     }
 
@@ -703,7 +737,9 @@ impl Inbound<'_> {
                 }
                 self.guard.touch(self.conn);
                 message_bytes = 0;
-                held = None;
+                if let Some(permit) = held.take() {
+                    self.guard.deliver(permit);
+                }
                 started = None;
                 deadline = None;
             }

@@ -127,9 +127,9 @@ pub(super) async fn serve(
 
     tokio::spawn(iopub_loop(iopub, iopub_rx));
     tokio::spawn(heartbeat_loop(hb));
-    tokio::spawn(router_loop(stdin, shared.clone(), Channel::Stdin, None));
-    tokio::spawn(router_loop(shell, shared.clone(), Channel::Shell, Some(jobs_tx)));
-    tokio::spawn(router_loop(control, shared.clone(), Channel::Control, None));
+    tokio::spawn(router_loop(stdin, shared.clone(), Channel::Stdin, None, guard.clone()));
+    tokio::spawn(router_loop(shell, shared.clone(), Channel::Shell, Some(jobs_tx), guard.clone()));
+    tokio::spawn(router_loop(control, shared.clone(), Channel::Control, None, guard.clone()));
     tokio::spawn(signal_loop(shared.clone()));
 
     shared.status(&json!({}), "starting");
@@ -345,7 +345,23 @@ pub(super) enum Channel {
 /// go to the evaluation thread). What cannot be authenticated is dropped
 /// without an answer; a correctly signed request whose body cannot be read
 /// gets an error reply. Once shutdown is under way, nothing more is taken.
-pub(super) async fn router_loop(socket: RouterSocket, shared: Arc<Shared>, channel: Channel, jobs: Option<std_mpsc::Sender<Job>>) {
+/// A message the router loop holds; gives its in-flight budget back to the
+/// frame guard when dropped.
+struct Taken<'a>(&'a frame_guard::Guard, u64);
+
+impl Drop for Taken<'_> {
+    fn drop(&mut self) {
+        self.0.consumed(self.1);
+    }
+}
+
+pub(super) async fn router_loop(
+    socket: RouterSocket,
+    shared: Arc<Shared>,
+    channel: Channel,
+    jobs: Option<std_mpsc::Sender<Job>>,
+    guard: Arc<frame_guard::Guard>,
+) {
     let (mut send, mut recv) = socket.split();
     let (out_tx, mut out_rx) = mpsc::unbounded_channel::<Frames>();
     tokio::spawn(async move {
@@ -379,6 +395,9 @@ pub(super) async fn router_loop(socket: RouterSocket, shared: Arc<Shared>, chann
                 continue;
             }
         };
+        // Its in-flight budget comes back once this iteration is done with
+        // it (dropped, refused or handed on): until then it is in memory.
+        let _taken = Taken(&guard, frames.iter().map(|f| f.len() as u64).sum());
         if *shared.shutdown.borrow() {
             tracing::debug!("{channel:?}: shutting down; a message is not taken");
             continue;
