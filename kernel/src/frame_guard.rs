@@ -23,7 +23,9 @@
 //!   partly received messages across all connections ([`Limits::in_flight`]:
 //!   each connection may have a small part in flight for free, the rest is
 //!   taken from one shared budget, and a message holding budget must keep
-//!   arriving at [`MIN_UPLOAD_RATE`]);
+//!   arriving at [`MIN_UPLOAD_RATE`]; a message counts until the kernel has
+//!   taken it from zeromq and handled it, and a large message without the
+//!   key's signature closes its connection);
 //! - on iopub, what a subscriber may send: subscriptions of at most
 //!   [`SUBSCRIPTION_BYTES`], at most [`SUBSCRIPTIONS_PER_CONNECTION`] of
 //!   them, duplicates not passed on; anything else is not passed on;
@@ -69,8 +71,11 @@ pub const FD_RESERVE: u64 = 256;
 /// Bytes of a message a connection may have in flight without taking from
 /// the shared budget (zeromq reserves what a frame header claims).
 pub const FREE_IN_FLIGHT_PER_CONNECTION: u64 = 256 << 10;
-/// The smallest shared in-flight budget; it is otherwise twice the owner's
-/// message cap, so one message of the largest size always fits.
+/// The smallest shared in-flight budget; it is otherwise the owner's
+/// message cap, so one message of the largest size always fits (zeromq
+/// buffers a message whole, in a buffer that may double as it grows, and
+/// the kernel holds it while it checks the signature: about three times
+/// the budget in memory at worst).
 pub const MIN_IN_FLIGHT: u64 = 16 << 20;
 /// How long a delivered message's budget is kept at most while the kernel
 /// has not taken it (a safety net: the kernel takes every message).
@@ -167,7 +172,7 @@ impl Limits {
         Limits {
             max_message,
             connections_per_port: (by_fds as usize).clamp(4, CONNECTIONS_PER_PORT),
-            in_flight: max_message.saturating_mul(2).max(MIN_IN_FLIGHT),
+            in_flight: max_message.max(MIN_IN_FLIGHT),
             outbound_total: OUTBOUND_TOTAL,
             handshake_timeout: HANDSHAKE_TIMEOUT,
             budget_wait: BUDGET_WAIT,
@@ -194,6 +199,8 @@ pub enum GuardError {
     TooSlow,
     #[error("no in-flight budget in time (other connections hold it)")]
     NoBudget,
+    #[error("a large message that is not signed with the connection key")]
+    UnsignedLarge,
     #[error("an iopub subscription of {0} bytes is over the {SUBSCRIPTION_BYTES}-byte limit")]
     SubscriptionTooLarge(u64),
     #[error("more than {SUBSCRIPTIONS_PER_CONNECTION} iopub subscriptions on one connection")]
@@ -734,6 +741,11 @@ impl Inbound<'_> {
             if flags & MORE == 0 {
                 if signature.message_end() {
                     self.conn.raise(PROVEN);
+                } else if held.is_some() && self.guard.signer.signs() {
+                    // A large message without the key's signature is
+                    // garbage: the peer loses its connection (and zeromq
+                    // the buffers it grew for it).
+                    return Err(GuardError::UnsignedLarge);
                 }
                 self.guard.touch(self.conn);
                 message_bytes = 0;
@@ -1269,7 +1281,7 @@ mod tests {
             budget_wait: Duration::from_millis(100),
             upload_grace: Duration::from_millis(400),
             min_upload_rate: u64::MAX,
-            ..Limits::new(10 << 20, 4096)
+            ..Limits::new(20 << 20, 4096)
         };
         let g = Guard::new(limits, Signer::new("key"), PeerPolicy::Anyone);
         let budget_kib = g.budget.available_permits();

@@ -71,6 +71,11 @@ impl Signer {
 
     /// A verifier fed the four JSON frames piece by piece (the frame guard
     /// sees them as a stream, never whole).
+    /// Whether messages are signed (a connection key is set).
+    pub fn signs(&self) -> bool {
+        self.key.is_some()
+    }
+
     pub fn streaming(&self) -> StreamingVerifier {
         StreamingVerifier { mac: self.key.as_ref().map(|key| <Hmac<Sha256> as KeyInit>::new_from_slice(key).expect("HMAC takes any key length")) }
     }
