@@ -14,3 +14,13 @@ pub mod sandbox;
 pub mod service;
 pub mod vegalite;
 pub mod wire;
+
+/// A fresh, empty folder for a unit test: `safe-data-<name>-<pid>` in the
+/// temporary folder (removed first if a previous run left it).
+#[cfg(test)]
+pub(crate) fn test_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("safe-data-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}

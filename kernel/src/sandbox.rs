@@ -317,6 +317,21 @@ pub fn harden_process() -> io::Result<()> {
     }
 }
 
+/// Raises the soft limit on open files to the hard limit (at most 65,536)
+/// and returns the limit in force (1,024 when it cannot be read). The
+/// kernel's frame guard and the service size their connection limits to
+/// it, so connections can never take the descriptors the audit log, the
+/// workers and the sources need.
+pub fn raise_open_file_limit() -> u64 {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else { return 1024 };
+    let want = hard.min(65_536).max(soft);
+    if want > soft && setrlimit(Resource::RLIMIT_NOFILE, want, hard).is_ok() {
+        return want;
+    }
+    soft
+}
+
 /// The data service's confinement: read its configuration and every
 /// source, read and write `state_dir` (audit log, histories, caches), no TCP.
 /// The service binds its socket before confining itself (binding needs the
@@ -654,10 +669,7 @@ mod tests {
     use super::*;
 
     fn tmp(name: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("safe-data-sandbox-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        dir
+        crate::test_dir(&format!("sandbox-{name}"))
     }
 
     #[test]

@@ -180,10 +180,7 @@ mod tests {
     use std::os::unix::fs::PermissionsExt;
 
     fn tmp(name: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("safe-data-perms-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        dir
+        crate::test_dir(&format!("perms-{name}"))
     }
 
     fn chmod(p: &Path, mode: u32) {

@@ -57,20 +57,6 @@ pub(super) fn replay_memory_path(connection_file: &std::path::Path) -> Option<st
     Some(connection_file.with_file_name(format!(".{name}.replay")))
 }
 
-/// Raises the soft limit on open files to the hard limit (at most 65,536)
-/// and returns the limit in force: the frame guard sizes its connection
-/// limits to it, so connections can never take the descriptors the audit
-/// log and the sources need.
-fn raise_open_file_limit() -> u64 {
-    use nix::sys::resource::{Resource, getrlimit, setrlimit};
-    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else { return 1024 };
-    let want = hard.min(65_536).max(soft);
-    if want > soft && setrlimit(Resource::RLIMIT_NOFILE, want, hard).is_ok() {
-        return want;
-    }
-    soft
-}
-
 /// Which accounts may connect to the kernel's endpoints: this user and root,
 /// plus the uids in `SAFE_DATA_PEER_UIDS` (comma-separated; `*` lets anyone
 /// who can reach an endpoint connect, as Jupyter kernels do by default).
@@ -103,7 +89,7 @@ pub(super) async fn serve(
     mut shutdown_rx: tokio::sync::watch::Receiver<bool>,
     jobs_tx: std_mpsc::Sender<Job>,
 ) -> Result<(), KernelError> {
-    let limits = frame_guard::Limits::new(shared.max_message_bytes as u64, raise_open_file_limit());
+    let limits = frame_guard::Limits::new(shared.max_message_bytes as u64, crate::sandbox::raise_open_file_limit());
     tracing::debug!(?limits, "frame guard");
     let guard = frame_guard::Guard::new(limits, shared.signer.clone(), peer_policy());
     let endpoints = Endpoints::open(info, &guard).await?;

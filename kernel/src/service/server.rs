@@ -23,6 +23,7 @@
 
 use super::pool::{Pool, Worker, WorkerError};
 use super::protocol::{self, ClientMsg, FromWorker, MAX_REQUEST_BYTES, MAX_RESPONSE_BYTES, ProtocolError, ServiceMsg, ToWorker};
+use crate::frame_guard::{LogThrottle, left_out};
 use crate::history::History;
 use crate::kernel::backend::{self, CellError, HistoryItem};
 use safe_data_lang::config::ServiceConfig;
@@ -294,7 +295,8 @@ async fn accept_loop(service: Arc<Service>, listener: tokio::net::UnixListener) 
         return Err(ServeError::Start("cannot install the signal handlers".into()));
     };
     let max_connections = connection_limit();
-    let throttle = LogThrottle::default();
+    // At most one line per second for a flood of connections.
+    let throttle = LogThrottle::new(1, Duration::from_secs(1));
     let connections = Arc::new(Semaphore::new(max_connections));
     loop {
         tokio::select! {
@@ -309,14 +311,14 @@ async fn accept_loop(service: Arc<Service>, listener: tokio::net::UnixListener) 
                         if let Ok(frame) = protocol::encode(&ServiceMsg::Refused { reason }, MAX_RESPONSE_BYTES) {
                             let _ = stream.try_write(&frame);
                         }
-                        if throttle.allow() {
-                            tracing::warn!(uid, "refused connections: the account has {MAX_CONNECTIONS_PER_USER} open already");
+                        if let Some(n) = throttle.allow() {
+                            tracing::warn!(uid, "refused connections: the account has {MAX_CONNECTIONS_PER_USER} open already{}", left_out(n));
                         }
                         continue;
                     };
                     let Ok(permit) = connections.clone().try_acquire_owned() else {
-                        if throttle.allow() {
-                            tracing::warn!("{max_connections} connections are open; closed new ones");
+                        if let Some(n) = throttle.allow() {
+                            tracing::warn!("{max_connections} connections are open; closed new ones{}", left_out(n));
                         }
                         continue;
                     };
@@ -344,32 +346,9 @@ async fn accept_loop(service: Arc<Service>, listener: tokio::net::UnixListener) 
 /// connections to it: [`MAX_CONNECTIONS`], or fewer so that they cannot use
 /// the descriptors the audit log and the workers need.
 fn connection_limit() -> usize {
-    use nix::sys::resource::{Resource, getrlimit, setrlimit};
-    let soft = match getrlimit(Resource::RLIMIT_NOFILE) {
-        Ok((soft, hard)) => {
-            let wanted = hard.min(65_536);
-            if wanted > soft && setrlimit(Resource::RLIMIT_NOFILE, wanted, hard).is_ok() { wanted } else { soft }
-        }
-        Err(_) => 1024,
-    };
+    let soft = crate::sandbox::raise_open_file_limit();
     let fit = (soft.saturating_sub(FD_RESERVE) / FDS_PER_CONNECTION).max(8);
     (fit as usize).min(MAX_CONNECTIONS)
-}
-
-/// At most one log line per second for a flood of connections.
-#[derive(Default)]
-struct LogThrottle(std::sync::Mutex<Option<std::time::Instant>>);
-
-impl LogThrottle {
-    fn allow(&self) -> bool {
-        let mut last = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        let now = std::time::Instant::now();
-        if last.is_some_and(|t| now.duration_since(t) < Duration::from_secs(1)) {
-            return false;
-        }
-        *last = Some(now);
-        true
-    }
 }
 
 /// Counts the connections of each account ([`MAX_CONNECTIONS_PER_USER`]).
