@@ -6,7 +6,7 @@
 //! model, so an analysis finds real signal. A lab table (several rows per
 //! patient, CSV) exercises joins; a public region table exercises public data.
 
-use safe_data_lang::polars::prelude::*;
+use polars::prelude::*;
 use std::path::Path;
 
 pub const DEFAULT_PATIENTS: usize = 100_000;

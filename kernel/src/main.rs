@@ -9,9 +9,10 @@ use safe_data_kernel::{demo, deploy, install, kernel, memory, render};
 static ALLOCATOR: memory::Counting = memory::Counting;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use safe_data_lang::engine::CancelFlag;
+use safe_data_lang::parse;
 use safe_data_lang::span::caret_snippet;
-use safe_data_lang::{Catalog, parse};
+use safe_data_policy::CancelFlag;
+use safe_data_policy::{Catalog, Outcome};
 use safe_data_policy::{Policy, Requester};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -251,8 +252,8 @@ fn embedded_kernel(connection_file: &Path, config: &Path) -> ExitCode {
     // Start-up (loader, config, catalog) is done: drop the pages only it used.
     memory::map_binary_sparsely();
     // Interrupts, timeouts and the memory budget stop polars itself.
-    safe_data_lang::engine::enable_aborts();
-    safe_data_lang::engine::set_memory_gauge(memory::in_use);
+    safe_data_policy::runtime::enable_aborts();
+    safe_data_policy::runtime::set_memory_gauge(memory::in_use);
     match kernel_runtime() {
         Ok(runtime) => run_kernel(runtime, connection_file, backend, options),
         Err(e) => fail(e),
@@ -295,10 +296,15 @@ fn query(config: &Path, format: Format, sql: &str) -> ExitCode {
             return report(sql, &e.to_string(), e.span());
         }
     };
+    // Stopped like a kernel's queries: Ctrl-C, the owner's timeout and
+    // memory budget stop polars itself, not just the wait for it.
     let cancel = CancelFlag::new();
+    safe_data_policy::runtime::enable_aborts();
+    safe_data_policy::runtime::set_memory_gauge(memory::in_use);
+    stop_on_ctrl_c(cancel.clone());
     for statement in &statements {
         match policy.run(statement, &who, &cancel) {
-            Ok(released) => match format {
+            Outcome::Released(released) => match format {
                 Format::Table => println!("{}", render::text(&released)),
                 Format::Csv => {
                     print!("{}", render::csv(&released));
@@ -308,10 +314,30 @@ fn query(config: &Path, format: Format, sql: &str) -> ExitCode {
                 }
                 Format::Json => println!("{}", render::json_document(&released)),
             },
-            Err(e) => return report(sql, &e.to_string(), e.span()),
+            Outcome::Refused(e) => return report(sql, &e.to_string(), e.span()),
         }
     }
     ExitCode::SUCCESS
+}
+
+/// Ctrl-C stops the running statement (through `cancel`); a second one,
+/// when nothing is running, ends the process as usual.
+fn stop_on_ctrl_c(cancel: CancelFlag) {
+    let Ok(runtime) = tokio::runtime::Builder::new_current_thread().enable_io().build() else { return };
+    let _ = std::thread::Builder::new().name("safe-data-ctrl-c".into()).spawn(move || {
+        runtime.block_on(async move {
+            while tokio::signal::ctrl_c().await.is_ok() {
+                // Polars' abort is a SIGINT the engine sends itself.
+                if safe_data_policy::runtime::self_interrupted_recently() {
+                    continue;
+                }
+                if cancel.is_cancelled() {
+                    std::process::exit(130);
+                }
+                cancel.cancel();
+            }
+        })
+    });
 }
 
 fn report(sql: &str, message: &str, span: Option<safe_data_lang::span::Span>) -> ExitCode {

@@ -2,8 +2,8 @@
 //! tools, CSV and JSON for scripts. Every function here takes a
 //! [`Released`], the only value the policy lets out.
 
-use safe_data_lang::engine::{Value, format_double};
 use safe_data_lang::types::SqlType;
+use safe_data_lang::value::{Value, format_double};
 use safe_data_policy::{NoticeKind, Released};
 use serde_json::{Map, Value as Json, json};
 

@@ -3,9 +3,9 @@
 //! nothing else: a chart cannot show more than the table would.
 
 use safe_data_lang::chart::{Chart, ChartKind, Encoding, HistogramBins};
-use safe_data_lang::engine::Value;
 use safe_data_lang::ir::Field;
 use safe_data_lang::types::SqlType;
+use safe_data_lang::value::Value;
 use safe_data_policy::{NoticeKind, Released};
 use serde_json::{Map, Value as Json, json};
 

@@ -365,7 +365,7 @@ impl Config {
     }
 
     /// The error for a problem found later (e.g. against the source schema).
-    pub(crate) fn error_at(&self, line: usize, message: impl Into<String>) -> Error {
+    pub fn error_at(&self, line: usize, message: impl Into<String>) -> Error {
         Error::Config { file: self.path.display().to_string(), line, message: message.into() }
     }
 }

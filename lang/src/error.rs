@@ -1,12 +1,12 @@
 //! The one error type of the dialect crate.
 //!
 //! Every message is written for a data scientist and never contains a data
-//! value: errors that come from polars are mapped to generic texts in
-//! [`crate::engine`], and binder errors only ever quote the user's own SQL.
+//! value: binder errors only ever quote the user's own SQL.
 
 use crate::span::Span;
 
-/// Everything that can go wrong between SQL text and a collected result.
+/// Everything that can go wrong between SQL text and a bound query (and in
+/// the owner's configuration). Running a query fails in the policy crate.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum Error {
     /// The text is not SQL we can parse.
@@ -30,21 +30,6 @@ pub enum Error {
     /// The owner's configuration file is wrong.
     #[error("{file}:{line}: {message}")]
     Config { file: String, line: usize, message: String },
-    /// A data source could not be opened or read.
-    #[error("cannot read table `{table}`: {message}")]
-    Source { table: String, message: String },
-    /// Execution failed; the text is generic and never echoes data.
-    #[error("the query failed while running: {0}")]
-    Engine(String),
-    /// The user interrupted the query.
-    #[error("the query was interrupted")]
-    Interrupted,
-    /// The query ran longer than the owner allows.
-    #[error("the query ran longer than the {0} s limit set by the data owner; narrow it down (filters, fewer groups)")]
-    Timeout(u64),
-    /// The query needed more memory than the owner's budget.
-    #[error("the query was stopped: it needed more than the {0} MiB of memory the data owner allows; narrow it down (filters, fewer groups, smaller joins)")]
-    MemoryBudget(usize),
 }
 
 impl Error {
@@ -83,11 +68,6 @@ impl Error {
             Error::AmbiguousColumn { .. } => "NameError",
             Error::Invalid { .. } => "QueryError",
             Error::Config { .. } => "ConfigError",
-            Error::Source { .. } => "SourceError",
-            Error::Engine(_) => "ExecutionError",
-            Error::Interrupted => "Interrupted",
-            Error::Timeout(_) => "Timeout",
-            Error::MemoryBudget(_) => "MemoryLimit",
         }
     }
 

@@ -490,7 +490,7 @@ impl fmt::Display for Literal {
                 }
             }
             Literal::Text(s) => write!(f, "'{}'", s.replace('\'', "''")),
-            Literal::Date(d) => write!(f, "DATE '{}'", crate::engine::format_date(*d)),
+            Literal::Date(d) => write!(f, "DATE '{}'", crate::value::format_date(*d)),
         }
     }
 }

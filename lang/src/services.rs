@@ -160,29 +160,12 @@ fn floor_char_boundary(s: &str, mut i: usize) -> usize {
     i
 }
 
-/// The aggregates a column may be used in, by role and the owner's list.
-pub fn allowed_aggregates(table: &Table, column: &Column) -> Vec<&'static str> {
-    use crate::ir::AggFunc;
-    if table.public {
-        return AggFunc::CONFIG_NAMES.to_vec();
-    }
-    match column.role {
-        Role::Identifier => vec!["count (DISTINCT only)"],
-        Role::Hidden => vec![],
-        Role::Dimension | Role::Measure => {
-            let mut v = if column.ty.is_numeric() { vec!["count", "sum", "avg", "stddev", "variance", "corr", "covar"] } else { vec!["count"] };
-            for a in &column.aggregates {
-                if !v.contains(&a.config_name()) {
-                    v.push(a.config_name());
-                }
-            }
-            v
-        }
-    }
-}
+/// The aggregates the owner's policy allows on a column (the policy crate's
+/// `check::allowed_aggregates`, the same rule its check applies).
+pub type Aggregates<'a> = &'a dyn Fn(&Table, &Column) -> Vec<&'static str>;
 
 /// Describes a table for inspect and DESCRIBE (never any values).
-pub fn describe_table(table: &Table) -> String {
+pub fn describe_table(table: &Table, aggregates: Aggregates<'_>) -> String {
     let mut out = format!("{} — {}\n", table.name, table.description.as_deref().unwrap_or("(no description)"));
     if table.public {
         out.push_str("public reference table: no restrictions\n");
@@ -190,19 +173,19 @@ pub fn describe_table(table: &Table) -> String {
         out.push_str(&format!("protected: every result row must rest on at least {} people\n", table.min_group_size));
     }
     for c in &table.columns {
-        out.push_str(&format!("  {:<20} {:<9} {}\n", c.name, c.ty.to_string(), column_summary(table, c)));
+        out.push_str(&format!("  {:<20} {:<9} {}\n", c.name, c.ty.to_string(), column_summary(table, c, aggregates)));
     }
     out
 }
 
-fn column_summary(table: &Table, c: &Column) -> String {
+fn column_summary(table: &Table, c: &Column, aggregates: Aggregates<'_>) -> String {
     let role = if table.public { "public".to_string() } else { c.role.to_string() };
     let mut s = role;
     if let Some((lo, hi)) = c.bounds {
         s.push_str(&format!(", bounds [{lo}, {hi}]"));
     }
     if c.role != Role::Identifier || table.public {
-        s.push_str(&format!(", aggregates: {}", allowed_aggregates(table, c).join(" ")));
+        s.push_str(&format!(", aggregates: {}", aggregates(table, c).join(" ")));
     }
     if let Some(d) = &c.description {
         s.push_str(&format!(" — {d}"));
@@ -212,7 +195,7 @@ fn column_summary(table: &Table, c: &Column) -> String {
 
 /// Inspection text for the word at `cursor`: a table, a column or a function.
 /// None for text longer than a cell may be ([`MAX_CELL_BYTES`]).
-pub fn inspect(catalog: &Catalog, code: &str, cursor: usize) -> Option<String> {
+pub fn inspect(catalog: &Catalog, code: &str, cursor: usize, aggregates: Aggregates<'_>) -> Option<String> {
     if code.len() > MAX_CELL_BYTES {
         return None;
     }
@@ -224,14 +207,14 @@ pub fn inspect(catalog: &Catalog, code: &str, cursor: usize) -> Option<String> {
         return None;
     }
     if let Some(t) = catalog.table(word) {
-        return Some(describe_table(t));
+        return Some(describe_table(t, aggregates));
     }
     let (_, statement) = statement_at(code, cursor);
     let scope = tables_in_scope(catalog, statement);
     let candidates: Vec<&Table> = if scope.is_empty() { catalog.tables().iter().map(|t| &**t).collect() } else { scope.iter().map(|(_, t)| *t).collect() };
     for t in candidates {
         if let Some((_, c)) = t.column(word) {
-            return Some(format!("{}.{} : {}\n{}\n", t.name, c.name, c.ty, column_summary(t, c)));
+            return Some(format!("{}.{} : {}\n{}\n", t.name, c.name, c.ty, column_summary(t, c, aggregates)));
         }
     }
     if let Some(f) = FUNCTIONS.iter().find(|f| f.name.eq_ignore_ascii_case(word)) {
@@ -304,8 +287,7 @@ mod tests {
     use crate::parse::on_small_stack;
 
     fn catalog() -> Catalog {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/safe-data.toml");
-        Catalog::load(&path).unwrap_or_else(|e| panic!("cannot load {}: {e}", path.display()))
+        crate::test_catalog::fixture_catalog()
     }
 
     #[test]
@@ -328,7 +310,7 @@ mod tests {
         for (code, expected) in cases {
             assert!(code.len() < MAX_CELL_BYTES);
             let (done, completion, inspection) = on_small_stack(|| {
-                (is_complete(&code), complete(&catalog, &code, code.len() - 1), inspect(&catalog, &code, code.find("FROM").unwrap_or(0) + 6))
+                (is_complete(&code), complete(&catalog, &code, code.len() - 1), inspect(&catalog, &code, code.find("FROM").unwrap_or(0) + 6, &|_, _| vec![]))
             });
             assert_eq!(done, expected, "{}", &code[..80]);
             assert!(completion.start <= completion.end && completion.end <= code.len());
@@ -343,11 +325,11 @@ mod tests {
         assert!(code.len() > MAX_CELL_BYTES);
         assert_eq!(is_complete(&code), Completeness::Invalid);
         assert_eq!(complete(&catalog, &code, code.len()), Completion { matches: vec![], start: code.len(), end: code.len() });
-        assert_eq!(inspect(&catalog, &code, code.len()), None);
+        assert_eq!(inspect(&catalog, &code, code.len(), &|_, _| vec![]), None);
         // The same text within the cap is served.
         let code = "SELECT age, a";
         assert!(complete(&catalog, code, code.len()).matches.contains(&"age".to_string()));
-        assert!(inspect(&catalog, "people", 2).is_some());
+        assert!(inspect(&catalog, "people", 2, &|_, _| vec![]).is_some());
     }
 
     #[test]

@@ -1,6 +1,5 @@
-//! The dialect's small type system and its mapping to polars types.
+//! The dialect's small type system (the policy crate maps it to polars types).
 
-use polars::prelude::DataType;
 use serde::Serialize;
 use std::fmt;
 
@@ -19,35 +18,6 @@ pub enum SqlType {
 }
 
 impl SqlType {
-    /// Maps a source column's polars type; `None` for types the dialect does not expose.
-    pub fn from_polars(dtype: &DataType) -> Option<SqlType> {
-        Some(match dtype {
-            DataType::Boolean => SqlType::Boolean,
-            DataType::Int8 | DataType::Int16 | DataType::Int32 | DataType::Int64 | DataType::UInt8 | DataType::UInt16 | DataType::UInt32 | DataType::UInt64 => {
-                SqlType::Integer
-            }
-            DataType::Float32 | DataType::Float64 => SqlType::Double,
-            DataType::String => SqlType::Text,
-            DataType::Date => SqlType::Date,
-            DataType::Datetime(_, _) => SqlType::Timestamp,
-            DataType::Null => SqlType::Null,
-            _ => return None,
-        })
-    }
-
-    /// The polars type values of this SQL type are computed in.
-    pub fn to_polars(self) -> DataType {
-        match self {
-            SqlType::Boolean => DataType::Boolean,
-            SqlType::Integer => DataType::Int64,
-            SqlType::Double => DataType::Float64,
-            SqlType::Text => DataType::String,
-            SqlType::Date => DataType::Date,
-            SqlType::Timestamp => DataType::Datetime(polars::prelude::TimeUnit::Microseconds, None),
-            SqlType::Null => DataType::Null,
-        }
-    }
-
     pub fn is_numeric(self) -> bool {
         matches!(self, SqlType::Integer | SqlType::Double | SqlType::Null)
     }

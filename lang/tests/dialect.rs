@@ -11,21 +11,21 @@
 //! where `<expected>` is either the result (a header line of column names
 //! joined by `|`, then one line per row, `NULL` for nulls) or
 //! `error: <Kind>: <substring of the message>`. Cases run against the
-//! fixtures in `tests/fixtures` (see `safe-data.toml` there) in plain mode.
+//! fixtures in `tests/fixtures` (see `safe-data.toml` there): public tables,
+//! run through the policy (`Policy::run`, the only way to run a statement).
 //!
 //! When a case's SQL has no `ORDER BY`, rows are compared as a multiset (SQL
 //! does not define their order); otherwise in order.
 //!
 //! All failures are collected and reported together in one panic.
 
-use safe_data_lang::Catalog;
 use safe_data_lang::bind::bind_sql;
-use safe_data_lang::engine::{self, CancelFlag, Value};
-use safe_data_lang::lower::{Mode, lower_query};
 use safe_data_lang::parse::{Statement, parse_cell};
+use safe_data_lang::value::Value;
+use safe_data_policy::{CancelFlag, Catalog, Outcome as Run, Policy, Requester};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::sync::Arc;
 
 /// The fewest cases the suite may hold (a guard against a broken parser).
 const MIN_CASES: usize = 150;
@@ -114,29 +114,41 @@ fn cell(v: &Value) -> String {
     }
 }
 
-fn run(catalog: &Catalog, sql: &str) -> Outcome {
-    let err = |e: safe_data_lang::Error| Outcome::Error { kind: e.kind().to_string(), message: e.to_string() };
-    let query = match bind_sql(catalog, sql) {
-        Ok(q) => q,
-        Err(e) => return err(e),
-    };
-    let lowered = match lower_query(&query, Mode::Plain) {
-        Ok(l) => l,
-        Err(e) => return err(e),
-    };
-    let df = match engine::collect(lowered.frame, &CancelFlag::new(), engine::Limits::time_only(Duration::from_secs(30))) {
-        Ok(df) => df,
-        Err(e) => return err(e),
-    };
-    let types: Vec<_> = lowered.output.iter().map(|f| f.ty).collect();
-    let rows = engine::rows_of(&df, &types, &(0..df.height()).collect::<Vec<_>>());
-    let mut lines = vec![lowered.output.iter().map(|f| f.name.as_str()).collect::<Vec<_>>().join("|")];
-    lines.extend(rows.iter().map(|r| r.iter().map(cell).collect::<Vec<_>>().join("|")));
-    Outcome::Rows(lines)
+fn policy() -> Policy {
+    Policy::new(Arc::new(catalog())).unwrap_or_else(|e| panic!("cannot open the fixture audit log: {e}"))
 }
 
-fn run_guarded(catalog: &Catalog, sql: &str) -> Outcome {
-    match catch_unwind(AssertUnwindSafe(|| run(catalog, sql))) {
+/// Runs the case's statement (the last, if there are several) as the kernel does.
+fn run(policy: &Policy, sql: &str) -> Outcome {
+    // One SELECT per case: the binder's own errors (several statements,
+    // SHOW TABLES where a query is expected) come first, as text.
+    if let Err(e) = bind_sql(policy.catalog(), sql) {
+        return Outcome::Error { kind: e.kind().to_string(), message: e.to_string() };
+    }
+    let statements = match parse_cell(sql) {
+        Ok(s) => s,
+        Err(e) => return Outcome::Error { kind: e.kind().to_string(), message: e.to_string() },
+    };
+    let who = Requester::new("dialect-tests", "dialect");
+    let mut last = Outcome::Rows(vec![]);
+    for statement in &statements {
+        last = match policy.run(statement, &who, &CancelFlag::new()) {
+            Run::Refused(e) => return Outcome::Error { kind: e.kind().to_string(), message: e.to_string() },
+            Run::Released(released) => match released.text() {
+                Some(text) => Outcome::Rows(text.lines().map(str::to_string).collect()),
+                None => {
+                    let mut lines = vec![released.columns().iter().map(|f| f.name.as_str()).collect::<Vec<_>>().join("|")];
+                    lines.extend(released.rows().iter().map(|r| r.iter().map(cell).collect::<Vec<_>>().join("|")));
+                    Outcome::Rows(lines)
+                }
+            },
+        };
+    }
+    last
+}
+
+fn run_guarded(policy: &Policy, sql: &str) -> Outcome {
+    match catch_unwind(AssertUnwindSafe(|| run(policy, sql))) {
         Ok(o) => o,
         Err(p) => {
             let text = p.downcast_ref::<String>().cloned().or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_default();
@@ -186,12 +198,20 @@ fn indent(text: &str) -> String {
 }
 
 #[test]
-fn dialect_cases() {
+fn star_on_a_protected_table_lists_only_the_visible_columns() {
     let catalog = catalog();
+    let query = bind_sql(&catalog, "SELECT * FROM secret").expect("binds");
+    let names: Vec<String> = query.output().into_iter().map(|f| f.name).collect();
+    assert_eq!(names, ["pid", "grp", "val"]);
+}
+
+#[test]
+fn dialect_cases() {
+    let policy = policy();
     let cases = load_cases();
     let mut failures = Vec::new();
     for case in &cases {
-        let got = run_guarded(&catalog, &case.sql);
+        let got = run_guarded(&policy, &case.sql);
         if !matches(case, &got) {
             failures.push(format!(
                 "{}:{}: {}\n  sql:\n{}\n  expected:\n{}\n  got:\n{}",

@@ -5,10 +5,11 @@
 //! The check follows every column through aliases, CTEs, subqueries and
 //! unions (as [`ColInfo`]), so a column keeps its role however it is wrapped.
 //! What it does not do: count people. That happens inside the plan (see
-//! `safe_data_lang::lower::Mode::Protected`) and in [`crate::release`].
+//! `crate::lower`, as the [`crate::evidence::Evidence`] plan says) and in
+//! [`crate::release`].
 
 use crate::error::{Error, Result, Rule};
-use safe_data_lang::catalog::Table;
+use safe_data_lang::catalog::{Column, Table};
 use safe_data_lang::config::Role;
 use safe_data_lang::ir::{AggFunc, BinaryOp, ColumnRef, Expr, ExprKind, FromItem, Literal, Query, ScalarFunc, Select, SetExpr, UnaryOp};
 use safe_data_lang::types::SqlType;
@@ -343,16 +344,14 @@ fn check_aggregate(e: &Expr, scope: &Scope) -> Result<()> {
                 Some(arg.span),
             ));
         }
-        if info.role == Eff::Identifier {
-            if !(func == AggFunc::Count && *distinct && matches!(arg.kind, ExprKind::Column(_))) {
+        let column_name = info.base.as_ref().map(|(_, c)| c.clone()).unwrap_or_else(|| "this expression".into());
+        let bare = matches!(arg.kind, ExprKind::Column(_));
+        match column_permits(func, *distinct, bare, info.role, info.bounded, &info.extra_aggregates) {
+            Ok(()) => {}
+            Err(Rule::IdentifierUse) => {
                 return Err(Error::refused(Rule::IdentifierUse, "an identifier can only be counted, with COUNT(DISTINCT column)", Some(arg.span)));
             }
-            continue;
-        }
-        let column_name = info.base.as_ref().map(|(_, c)| c.clone()).unwrap_or_else(|| "this expression".into());
-        if func.is_order_statistic() {
-            let allowed = matches!(arg.kind, ExprKind::Column(_)) && info.extra_aggregates.contains(&func);
-            if !allowed {
+            Err(Rule::AggregateNotAllowed) => {
                 return Err(Error::refused(
                     Rule::AggregateNotAllowed,
                     format!(
@@ -362,16 +361,71 @@ fn check_aggregate(e: &Expr, scope: &Scope) -> Result<()> {
                     Some(e.span),
                 ));
             }
-        }
-        if func.needs_bounds() && !info.bounded {
-            return Err(Error::refused(
-                Rule::Unbounded,
-                format!("{} needs bounds on every column it adds up, so no one person can dominate it; {column_name} has none", func.sql_name()),
-                Some(arg.span),
-            ));
+            Err(rule) => {
+                return Err(Error::refused(
+                    rule,
+                    format!("{} needs bounds on every column it adds up, so no one person can dominate it; {column_name} has none", func.sql_name()),
+                    Some(arg.span),
+                ));
+            }
         }
     }
     Ok(())
+}
+
+/// The owner's per-column rule for an aggregate over protected data: the one
+/// place it is written. The check applies it to every argument, and
+/// [`allowed_aggregates`] (DESCRIBE, inspect) lists what it permits, so the
+/// two cannot disagree. `bare`: the argument is a column, not arithmetic.
+fn column_permits(func: AggFunc, distinct: bool, bare: bool, role: Eff, bounded: bool, extra: &[AggFunc]) -> std::result::Result<(), Rule> {
+    match role {
+        Eff::Free => Ok(()),
+        Eff::Identifier if func == AggFunc::Count && distinct && bare => Ok(()),
+        Eff::Identifier => Err(Rule::IdentifierUse),
+        Eff::Dimension | Eff::Measure => {
+            if func.is_order_statistic() && !(bare && extra.contains(&func)) {
+                Err(Rule::AggregateNotAllowed)
+            } else if func.needs_bounds() && !bounded {
+                Err(Rule::Unbounded)
+            } else {
+                Ok(())
+            }
+        }
+    }
+}
+
+/// The aggregates a column may be used in, as the check applies them: what
+/// DESCRIBE, inspect and completion show.
+pub fn allowed_aggregates(table: &Table, column: &Column) -> Vec<&'static str> {
+    if table.public {
+        return AggFunc::CONFIG_NAMES.to_vec();
+    }
+    let Some(info) = table_infos(table).into_iter().zip(&table.columns).find(|(_, c)| std::ptr::eq(*c, column)).map(|(i, _)| i) else {
+        return vec![];
+    };
+    if column.role == Role::Identifier {
+        return vec!["count (DISTINCT only)"];
+    }
+    const LISTED: [AggFunc; 11] = [
+        AggFunc::Count,
+        AggFunc::Sum,
+        AggFunc::Avg,
+        AggFunc::Stddev,
+        AggFunc::Variance,
+        AggFunc::Corr,
+        AggFunc::CovarSamp,
+        AggFunc::Min,
+        AggFunc::Max,
+        AggFunc::Median,
+        AggFunc::Quantile,
+    ];
+    LISTED
+        .into_iter()
+        // Only COUNT and MIN/MAX apply to a non-numeric column (the binder's rule).
+        .filter(|f| column.ty.is_numeric() || matches!(f, AggFunc::Count | AggFunc::Min | AggFunc::Max))
+        .filter(|&f| column_permits(f, false, true, info.role, info.bounded, &info.extra_aggregates).is_ok())
+        .map(AggFunc::config_name)
+        .collect()
 }
 
 fn check_select(s: &Select) -> Result<(Level, Vec<ColInfo>)> {

@@ -43,9 +43,46 @@ pub enum Error {
     /// The policy refuses the statement.
     #[error("{message}")]
     Refused { rule: Rule, message: String, span: Option<Span> },
+    /// Running the statement failed or was stopped.
+    #[error(transparent)]
+    Run(#[from] RunError),
     /// The audit log could not be written, so nothing is released.
     #[error("the audit log could not be written, so no result is released; tell the data owner")]
     Audit(#[source] std::io::Error),
+}
+
+/// Why running a plan produced no result. Every text is fixed here: none
+/// can carry a value or a polars message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RunError {
+    /// A data source could not be opened or read.
+    #[error("cannot read table `{table}`: {message}")]
+    Source { table: String, message: &'static str },
+    /// Execution failed; the text is one of a few generic ones.
+    #[error("the query failed while running: {0}")]
+    Engine(&'static str),
+    /// The user interrupted the query.
+    #[error("the query was interrupted")]
+    Interrupted,
+    /// The query ran longer than the owner allows.
+    #[error("the query ran longer than the {0} s limit set by the data owner; narrow it down (filters, fewer groups)")]
+    Timeout(u64),
+    /// The query needed more memory than the owner's budget.
+    #[error("the query was stopped: it needed more than the {0} MiB of memory the data owner allows; narrow it down (filters, fewer groups, smaller joins)")]
+    MemoryBudget(usize),
+}
+
+impl RunError {
+    /// Jupyter's `ename`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            RunError::Source { .. } => "SourceError",
+            RunError::Engine(_) => "ExecutionError",
+            RunError::Interrupted => "Interrupted",
+            RunError::Timeout(_) => "Timeout",
+            RunError::MemoryBudget(_) => "MemoryLimit",
+        }
+    }
 }
 
 impl Error {
@@ -57,7 +94,7 @@ impl Error {
         match self {
             Error::Query(e) => e.span(),
             Error::Refused { span, .. } => *span,
-            Error::Audit(_) => None,
+            Error::Run(_) | Error::Audit(_) => None,
         }
     }
 
@@ -66,6 +103,7 @@ impl Error {
         match self {
             Error::Query(e) => e.kind(),
             Error::Refused { .. } => "PolicyRefusal",
+            Error::Run(e) => e.kind(),
             Error::Audit(_) => "AuditError",
         }
     }

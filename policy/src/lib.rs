@@ -1,31 +1,121 @@
 //! The owner's policy: nothing leaves the kernel unless it releases it.
 //!
 //! [`Policy::run`] is the whole pipeline for one statement:
-//! bind → [`check`] (static role rules) → lower (with the people-counting
-//! evidence in the plan) → execute → [`release`] (k-threshold, differencing,
-//! row limit) → audit → [`Released`]. The kernel renders only `Released`,
-//! which only this crate can construct.
+//! bind → [`check`] (static role rules) → the evidence plan → lower (with the
+//! people-counting evidence in the plan) → execute → [`release`]
+//! (k-threshold, differencing, row limit) → audit → [`Outcome`]. The kernel
+//! renders only [`Released`], which only this crate can construct.
+//!
+//! This crate is also the only one that can turn a query into data: the
+//! lowering, the engine and the sources are private modules, and the
+//! catalog's scans are `pub(crate)`. Code outside it cannot obtain a row of a
+//! protected table; for example, the lowering is not reachable:
+//!
+//! ```compile_fail
+//! // error[E0603]: module `lower` is private
+//! use safe_data_policy::lower::lower_query;
+//! ```
+//!
+//! nor the engine that collects a plan:
+//!
+//! ```compile_fail
+//! use safe_data_policy::engine::collect;
+//! ```
+//!
+//! nor a catalog's scan of a source:
+//!
+//! ```compile_fail
+//! fn rows(c: &safe_data_policy::Catalog, t: &safe_data_lang::catalog::Table) {
+//!     let guard = todo!();
+//!     let _ = c.scan(t, guard); // error[E0624]: method `scan` is private
+//! }
+//! ```
+//!
+//! and a [`Released`] cannot be built outside it:
+//!
+//! ```compile_fail
+//! let r = safe_data_policy::Released::catalog(vec![], vec![]);
+//! ```
 
 pub mod audit;
 pub mod check;
+mod engine;
 pub mod error;
+mod evidence;
+mod lower;
 pub mod release;
+mod sources;
+mod types;
 
-pub use error::{Error, Result, Rule};
+pub use engine::{CancelFlag, Limits};
+pub use error::{Error, Result, Rule, RunError};
 pub use release::{Notice, NoticeKind, Released};
+pub use sources::Catalog;
+
+/// Process-wide controls of the engine, for the processes that run queries
+/// (the embedded kernel, a service worker, `safe-data query`). They stop
+/// queries; they never give access to data.
+pub mod runtime {
+    pub use crate::engine::{enable_aborts, self_interrupted_recently, set_memory_gauge};
+}
 
 use audit::{AuditLog, Entry};
 use check::Level;
+use evidence::Evidence;
+use lower::lower_query;
 use release::{ReleaseInput, Verdict};
+use safe_data_lang::bind;
 use safe_data_lang::chart::ChartKind;
-use safe_data_lang::engine::{CancelFlag, Value};
-use safe_data_lang::ir::{Field, FromItem, Query, SetExpr};
-use safe_data_lang::lower::{Mode, lower_query};
+use safe_data_lang::ir::{Field, Query};
 use safe_data_lang::parse::{Parsed, Statement};
 use safe_data_lang::types::SqlType;
-use safe_data_lang::{Catalog, bind, engine};
+use safe_data_lang::value::Value;
 use sha2::{Digest, Sha256};
+use sources::Guard;
 use std::sync::Arc;
+
+/// Completion at `cursor`: names of tables, visible columns, functions and
+/// keywords (never a value).
+pub fn complete(catalog: &Catalog, code: &str, cursor: usize) -> safe_data_lang::services::Completion {
+    safe_data_lang::services::complete(catalog, code, cursor)
+}
+
+/// Inspection text for the word at `cursor`, listing the aggregates the
+/// check allows ([`check::allowed_aggregates`], the rule the check applies).
+pub fn inspect(catalog: &Catalog, code: &str, cursor: usize) -> Option<String> {
+    safe_data_lang::services::inspect(catalog, code, cursor, &check::allowed_aggregates)
+}
+
+/// What one statement gives the client. Shaped for what comes: an owner
+/// approval will add a pending request, differential privacy its budget
+/// notices (on the `Released`).
+#[derive(Debug)]
+#[must_use]
+// One per statement, moved once to the renderer: not worth a box.
+#[allow(clippy::large_enum_variant)]
+pub enum Outcome {
+    /// The result, with its notices.
+    Released(Released),
+    /// Nothing is released, and why: a refusal of the policy, an error in
+    /// the statement, a stopped query, or an audit log that cannot be written.
+    Refused(Error),
+}
+
+impl Outcome {
+    pub fn into_result(self) -> Result<Released> {
+        match self {
+            Outcome::Released(r) => Ok(r),
+            Outcome::Refused(e) => Err(e),
+        }
+    }
+
+    pub fn released(&self) -> Option<&Released> {
+        match self {
+            Outcome::Released(r) => Some(r),
+            Outcome::Refused(_) => None,
+        }
+    }
+}
 
 /// Who is asking, for the audit log.
 #[derive(Debug, Clone)]
@@ -107,7 +197,14 @@ impl Policy {
 
     /// Runs one parsed statement through the whole pipeline. Spans in errors
     /// are relative to the cell (the statement's offset is applied).
-    pub fn run(&self, parsed: &Parsed, who: &Requester, cancel: &CancelFlag) -> Result<Released> {
+    pub fn run(&self, parsed: &Parsed, who: &Requester, cancel: &CancelFlag) -> Outcome {
+        match self.run_audited(parsed, who, cancel) {
+            Ok(released) => Outcome::Released(released),
+            Err(e) => Outcome::Refused(e),
+        }
+    }
+
+    fn run_audited(&self, parsed: &Parsed, who: &Requester, cancel: &CancelFlag) -> Result<Released> {
         let mut plan_hash = None;
         let outcome = self.evaluate(parsed, cancel, &mut plan_hash);
         let (verdict, rule, rows) = match &outcome {
@@ -160,7 +257,7 @@ impl Policy {
             Statement::Explain(q) => {
                 let query = bind::bind_query(&self.catalog, &parsed.text, q)?;
                 *plan_hash = Some(hash_plan(&query));
-                Ok(self.explain(&query))
+                Ok(self.explain(&query, cancel))
             }
             Statement::Query(q) => {
                 let query = bind::bind_query(&self.catalog, &parsed.text, q)?;
@@ -185,32 +282,47 @@ impl Policy {
         }
     }
 
-    /// Check → lower → execute → release, for a bound query.
-    fn run_bound(&self, query: &Query, cancel: &CancelFlag) -> Result<Released> {
+    /// The guard every read of data for one statement runs under.
+    fn guard(&self, cancel: &CancelFlag) -> Guard {
+        let server = &self.catalog.config.server;
+        Guard {
+            cancel: cancel.clone(),
+            limits: Limits { timeout: server.query_timeout, memory_bytes: Some((server.max_memory_mb as usize).saturating_mul(1 << 20)) },
+        }
+    }
+
+    /// Check → evidence plan → lower: what runs, or why nothing does. EXPLAIN
+    /// stops here, so it says exactly what execution would.
+    fn plan(&self, query: &Query, guard: &Guard) -> Result<(Evidence, lower::Lowered)> {
         let verdict = check::check(query)?;
-        let mode = if verdict.level == Level::Public { Mode::Plain } else { Mode::Protected };
-        let lowered = lower_query(query, mode)?;
+        let evidence = Evidence::for_query(query, &verdict, self.catalog.config.min_group_size)?;
+        let lowered = lower_query(query, &evidence, &self.catalog, guard)?;
         if lowered.row_level_protected {
             return Err(Error::refused(Rule::RawRows, "individual rows of a protected table are never released", Some(query.span)));
         }
-        let server = &self.catalog.config.server;
-        let limits = engine::Limits { timeout: server.query_timeout, memory_bytes: Some((server.max_memory_mb as usize).saturating_mul(1 << 20)) };
+        Ok((evidence, lowered))
+    }
+
+    /// Check → lower → execute → release, for a bound query.
+    fn run_bound(&self, query: &Query, cancel: &CancelFlag) -> Result<Released> {
+        let guard = self.guard(cancel);
+        let (evidence, lowered) = self.plan(query, &guard)?;
         if tracing::enabled!(tracing::Level::TRACE) {
             // The plan holds the statement's own literals and the sources' paths, never data.
             if let Ok(plan) = lowered.frame.clone().describe_optimized_plan() {
                 tracing::trace!("optimized plan:\n{plan}");
             }
         }
-        let df = engine::collect(lowered.frame, cancel, limits)?;
+        let df = engine::collect(lowered.frame, &guard.cancel, guard.limits)?;
         release::release(
             &df,
             &ReleaseInput {
-                level: verdict.level,
+                level: evidence.level(),
                 output: &lowered.output,
                 withheld: &lowered.withheld,
                 whole_table: check::is_whole_table_aggregate(query),
-                min_group_size: min_group_size(query, &self.catalog),
-                max_rows: server.max_rows,
+                min_group_size: evidence.min_group_size(),
+                max_rows: self.catalog.config.server.max_rows,
                 span: query.span,
             },
         )
@@ -250,7 +362,7 @@ impl Policy {
                     Value::Text(c.name.clone()),
                     Value::Text(c.ty.to_string()),
                     Value::Text(role),
-                    Value::Text(safe_data_lang::services::allowed_aggregates(table, c).join(", ")),
+                    Value::Text(check::allowed_aggregates(table, c).join(", ")),
                     // Catalog tables show an absent setting as empty, not as a NULL value.
                     Value::Text(c.bounds.map(|(lo, hi)| format!("[{lo}, {hi}]")).unwrap_or_default()),
                     Value::Boolean(table.join_keys.iter().any(|k| k.eq_ignore_ascii_case(&c.name))),
@@ -261,17 +373,23 @@ impl Policy {
         Ok(Released::catalog(columns, rows))
     }
 
-    fn explain(&self, query: &Query) -> Released {
-        let verdict = match check::check(query) {
-            Ok(v) => match v.level {
+    /// The plan, and the policy's verdict from the same check, evidence plan
+    /// and lowering that execution uses (nothing runs but the uniqueness
+    /// facts that choose how people are counted).
+    fn explain(&self, query: &Query, cancel: &CancelFlag) -> Released {
+        let verdict = match self.plan(query, &self.guard(cancel)) {
+            Ok((evidence, _)) => match evidence.level() {
                 Level::Public => "allowed: public data only, released as is (up to the row limit)".to_string(),
                 Level::Aggregated => format!(
                     "allowed: aggregated; each group is released only if it rests on at least {} people (per aggregate and per UNION ALL branch) and its filters removed rows of none or at least that many; withheld groups feed nothing after their aggregation",
-                    min_group_size(query, &self.catalog)
+                    evidence.min_group_size()
                 ),
                 Level::RowLevel => "refused".to_string(),
             },
-            Err(e) => format!("refused ({}): {e}", e.rule().map(|r| r.to_string()).unwrap_or_default()),
+            Err(e) => match e.rule() {
+                Some(rule) => format!("refused ({rule}): {e}"),
+                None => format!("refused ({}): {e}", e.kind()),
+            },
         };
         let columns: Vec<String> = query.output().iter().map(|f| format!("{} {}", f.name, f.ty)).collect();
         Released::explanation(format!("plan:    {query}\ncolumns: {}\npolicy:  {verdict}\n", columns.join(", ")))
@@ -280,44 +398,6 @@ impl Policy {
 
 fn field(name: &str, ty: SqlType) -> Field {
     Field { name: name.to_string(), ty }
-}
-
-/// The strictest k of the protected tables a query reads.
-fn min_group_size(query: &Query, catalog: &Catalog) -> u64 {
-    fn visit_query(q: &Query, k: &mut u64) {
-        visit_set(&q.body, k);
-    }
-    fn visit_set(s: &SetExpr, k: &mut u64) {
-        match s {
-            SetExpr::Select(s) => {
-                if let Some(f) = &s.from {
-                    visit_from(f, k);
-                }
-            }
-            SetExpr::Union { left, right, .. } => {
-                visit_set(left, k);
-                visit_set(right, k);
-            }
-            SetExpr::Query(q) => visit_query(q, k),
-        }
-    }
-    fn visit_from(f: &FromItem, k: &mut u64) {
-        match f {
-            FromItem::Table { table, .. } => {
-                if !table.public {
-                    *k = (*k).max(table.min_group_size);
-                }
-            }
-            FromItem::Derived { query, .. } => visit_query(query, k),
-            FromItem::Join { left, right, .. } => {
-                visit_from(left, k);
-                visit_from(right, k);
-            }
-        }
-    }
-    let mut k = 0;
-    visit_query(query, &mut k);
-    if k == 0 { catalog.config.min_group_size } else { k }
 }
 
 /// SHA-256 of the canonical SQL of the bound plan.
@@ -329,6 +409,62 @@ pub fn hash_plan(query: &Query) -> String {
 pub fn now_rfc3339() -> String {
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
     let micros = now.as_micros() as i64;
-    let text = engine::format_timestamp(micros);
+    let text = safe_data_lang::value::format_timestamp(micros);
     format!("{}.{:06}Z", text.replace(' ', "T"), micros.rem_euclid(1_000_000))
+}
+
+/// What a fuzz target may see of a statement's plan: its text and the
+/// names of its columns, never data. For `fuzz/` and the corpus replay only
+/// (they check that no hidden column name reaches a plan, and that a query
+/// the check calls public scans no protected table).
+#[doc(hidden)]
+#[derive(Debug, Clone, Default)]
+pub struct PlanText {
+    /// The check called the query public.
+    pub public: bool,
+    /// `describe_plan` of the lowered frame, when polars can describe it.
+    pub plan: Option<String>,
+    /// The optimized plan's text, and each node's kind and column names.
+    pub optimized: Option<(String, PlanNodes)>,
+    /// The names of the frame's columns, when its schema resolves.
+    pub columns: Option<Vec<String>>,
+    /// How many columns the statement outputs.
+    pub outputs: usize,
+}
+
+/// Each node of an optimized plan: its kind and its columns' names.
+#[doc(hidden)]
+pub type PlanNodes = Vec<(&'static str, Vec<String>)>;
+
+/// The internal columns a lowered frame carries besides the outputs.
+#[doc(hidden)]
+pub const PLAN_INTERNAL_COLUMNS: [&str; 3] = [lower::POINT, lower::WITHHELD_THIN, lower::WITHHELD_DIFF];
+
+/// Check → evidence plan → lower, as [`Policy::run`] does before executing,
+/// and the plan described (see [`PlanText`]).
+#[doc(hidden)]
+pub fn plan_text(catalog: &Catalog, query: &Query) -> Result<PlanText> {
+    let verdict = check::check(query)?;
+    let evidence = Evidence::for_query(query, &verdict, catalog.config.min_group_size)?;
+    let guard = Guard { cancel: CancelFlag::new(), limits: Limits::time_only(catalog.config.server.query_timeout) };
+    let lowered = lower_query(query, &evidence, catalog, &guard)?;
+    let optimized = lowered.frame.clone().to_alp_optimized().ok().map(|optimized| {
+        let mut nodes = Vec::new();
+        let mut stack = vec![optimized.lp_top];
+        while let Some(node) = stack.pop() {
+            let ir = optimized.lp_arena.get(node);
+            let kind: &'static str = ir.into();
+            let schema = ir.schema(&optimized.lp_arena);
+            nodes.push((kind, schema.iter_names().map(|n| n.to_string()).collect()));
+            stack.extend(ir.inputs());
+        }
+        (optimized.describe(), nodes)
+    });
+    Ok(PlanText {
+        public: evidence.level() == Level::Public,
+        plan: lowered.frame.describe_plan().ok(),
+        optimized,
+        columns: lowered.frame.clone().collect_schema().ok().map(|s| s.iter_names().map(|n| n.to_string()).collect()),
+        outputs: lowered.output.len(),
+    })
 }

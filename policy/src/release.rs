@@ -7,13 +7,14 @@
 //! release" is a property of the types.
 
 use crate::check::Level;
+use crate::engine::rows_of;
 use crate::error::{Error, Result, Rule};
+use crate::lower::{POINT, SIGNIFICANT_DIGITS, WITHHELD_DIFF, WITHHELD_THIN, WithheldPoint};
+use polars::prelude::{AnyValue, DataFrame, DataType};
 use safe_data_lang::chart::Chart;
-use safe_data_lang::engine::{Value, rows_of};
 use safe_data_lang::ir::Field;
-use safe_data_lang::lower::{POINT, SIGNIFICANT_DIGITS, WITHHELD_DIFF, WITHHELD_THIN, WithheldPoint};
-use safe_data_lang::polars::prelude::{AnyValue, DataFrame, DataType};
 use safe_data_lang::span::Span;
+use safe_data_lang::value::Value;
 use serde::Serialize;
 
 /// A policy notice shown apart from the data.
@@ -134,7 +135,7 @@ pub(crate) fn round_significant(x: f64) -> f64 {
 }
 
 fn shape_error() -> Error {
-    Error::Query(safe_data_lang::Error::Engine("internal error: the release evidence is missing".into()))
+    Error::Run(crate::error::RunError::Engine("internal error: the release evidence is missing"))
 }
 
 /// Groups withheld at one withheld point: as thin, and as singling out.
@@ -145,7 +146,7 @@ type Withheld = (u64, u64);
 fn split(df: &DataFrame, points: usize) -> Result<(Vec<usize>, Vec<Withheld>)> {
     let column = |name: &str| df.column(name).and_then(|c| c.cast(&DataType::Int64)).map_err(|_| shape_error());
     let (point, thin, diff) = (column(POINT)?, column(WITHHELD_THIN)?, column(WITHHELD_DIFF)?);
-    let int = |c: &safe_data_lang::polars::prelude::Column, i: usize| match c.get(i) {
+    let int = |c: &polars::prelude::Column, i: usize| match c.get(i) {
         Ok(AnyValue::Int64(v)) => Some(v),
         _ => None,
     };

@@ -17,8 +17,9 @@
 //! succeed and that the design says need differential privacy; they fail
 //! when run with `--ignored`.
 
-use safe_data_lang::engine::{CancelFlag, Value};
 use safe_data_lang::parse::parse_cell;
+use safe_data_lang::value::Value;
+use safe_data_policy::CancelFlag;
 use safe_data_policy::{NoticeKind, Policy, Released, Requester, Rule};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -126,7 +127,7 @@ public = true
         );
         let path = dir.join("safe-data.toml");
         std::fs::write(&path, toml).unwrap();
-        let catalog = Arc::new(safe_data_lang::Catalog::load(&path).unwrap_or_else(|e| panic!("fixture config: {e}")));
+        let catalog = Arc::new(safe_data_policy::Catalog::load(&path).unwrap_or_else(|e| panic!("fixture config: {e}")));
         let policy = Policy::new(catalog).expect("policy");
         Lab { policy, dir }
     }
@@ -140,7 +141,11 @@ public = true
             Err(e) => Err(Refusal { rule: None, kind: e.kind().to_string(), text: e.to_string() }),
             Ok(parsed) => {
                 assert_eq!(parsed.len(), 1, "one statement per attack: {sql}");
-                self.policy.run(&parsed[0], &who, &cancel).map_err(|e| Refusal { rule: e.rule(), kind: e.kind().to_string(), text: e.to_string() })
+                self.policy.run(&parsed[0], &who, &cancel).into_result().map_err(|e| Refusal {
+                    rule: e.rule(),
+                    kind: e.kind().to_string(),
+                    text: e.to_string(),
+                })
             }
         };
         match &out {
@@ -1137,27 +1142,27 @@ fn family8_hidden_column_not_listed_anywhere() {
     let e = lab.refused_by("SELECT * FROM patients", Rule::RawRows);
     assert!(!e.text.contains("name"), "{e:?}");
     let code = "SELECT na FROM patients";
-    let c = safe_data_lang::services::complete(lab.policy.catalog(), code, 9);
+    let c = safe_data_policy::complete(lab.policy.catalog(), code, 9);
     assert!(!c.matches.iter().any(|m| m.eq_ignore_ascii_case("name")), "{:?}", c.matches);
     let code = "SELECT p. FROM patients p";
-    let c = safe_data_lang::services::complete(lab.policy.catalog(), code, 9);
+    let c = safe_data_policy::complete(lab.policy.catalog(), code, 9);
     assert!(!c.matches.iter().any(|m| m.eq_ignore_ascii_case("name")), "{:?}", c.matches);
     assert!(c.matches.iter().any(|m| m == "bmi"), "{:?}", c.matches);
     // Before any FROM, completion offers every table's visible columns.
     let catalog = lab.policy.catalog();
-    let c = safe_data_lang::services::complete(catalog, "SELECT na", 9);
+    let c = safe_data_policy::complete(catalog, "SELECT na", 9);
     assert!(!c.matches.iter().any(|m| m.eq_ignore_ascii_case("name")), "{:?}", c.matches);
-    let c = safe_data_lang::services::complete(catalog, "SELECT bm", 9);
+    let c = safe_data_policy::complete(catalog, "SELECT bm", 9);
     assert_eq!(c.matches, vec!["bmi"]);
-    let c = safe_data_lang::services::complete(catalog, "CHART ", 6);
+    let c = safe_data_policy::complete(catalog, "CHART ", 6);
     assert_eq!(c.matches, vec!["BAR", "LINE", "SCATTER", "HISTOGRAM"]);
-    let c = safe_data_lang::services::complete(catalog, "CHART BAR (x = region, co", 25);
+    let c = safe_data_policy::complete(catalog, "CHART BAR (x = region, co", 25);
     assert_eq!(c.matches, vec!["color"]);
     // Inspect (shift-tab) knows nothing about hidden columns, as about missing ones.
     let catalog = lab.policy.catalog();
-    assert!(safe_data_lang::services::inspect(catalog, "SELECT name FROM patients", 9).is_none());
-    assert!(safe_data_lang::services::inspect(catalog, "SELECT visit_id FROM visits", 10).is_none());
-    assert!(safe_data_lang::services::inspect(catalog, "SELECT bmi FROM patients", 9).is_some());
+    assert!(safe_data_policy::inspect(catalog, "SELECT name FROM patients", 9).is_none());
+    assert!(safe_data_policy::inspect(catalog, "SELECT visit_id FROM visits", 10).is_none());
+    assert!(safe_data_policy::inspect(catalog, "SELECT bmi FROM patients", 9).is_some());
 }
 
 /// Family 8: a measure (masked outside aggregates) stays a measure through
@@ -1557,7 +1562,7 @@ fn family13_interrupt_stops_a_query() {
                JOIN patients c ON b.region = c.region JOIN patients d ON c.region = d.region GROUP BY a.region";
     let parsed = parse_cell(sql).unwrap();
     let started = Instant::now();
-    let out = lab.policy.run(&parsed[0], &who, &cancel);
+    let out = lab.policy.run(&parsed[0], &who, &cancel).into_result();
     assert!(started.elapsed() < Duration::from_secs(5), "took {:?}", started.elapsed());
     match out {
         Err(e) => assert_eq!(e.kind(), "Interrupted", "{e}"),

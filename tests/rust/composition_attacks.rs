@@ -38,7 +38,7 @@
 mod lab;
 
 use lab::{Cell::*, Lab, Layer, assert_close, assert_rows, assert_withheld, assert_withheld_total, dbl, int, sig6, text, withheld_all};
-use safe_data_lang::engine::Value;
+use safe_data_lang::value::Value;
 use safe_data_policy::{NoticeKind, Rule};
 
 /// The per-region query of the attack suite: Isle (one person) is its thin row.

@@ -26,14 +26,12 @@
 use bytes::Bytes;
 use safe_data_kernel::history;
 use safe_data_kernel::wire::{self, Message, Signer};
-use safe_data_lang::Catalog;
 use safe_data_lang::config::Config;
 use safe_data_lang::ir::Query;
-use safe_data_lang::lower::{self, Mode};
 use safe_data_lang::parse::{self, Statement};
 use safe_data_lang::span::{Span, caret_snippet};
 use safe_data_lang::{bind, chart, services};
-use safe_data_policy::check::{self, Level};
+use safe_data_policy::{Catalog, PLAN_INTERNAL_COLUMNS, PlanText, check};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
@@ -160,10 +158,10 @@ pub fn sql_check(data: &[u8]) {
 
     // The editor services see every keystroke.
     for cursor in [cell.len(), cell.len() / 2, data.first().map_or(0, |b| usize::from(*b))] {
-        let completion = services::complete(&fx.catalog, cell, cursor);
+        let completion = safe_data_policy::complete(&fx.catalog, cell, cursor);
         assert!(completion.start <= completion.end && completion.end <= cell.len(), "completion range out of the cell");
         leak.check("a completion", &completion.matches.join("\n"), false);
-        if let Some(text) = services::inspect(&fx.catalog, cell, cursor) {
+        if let Some(text) = safe_data_policy::inspect(&fx.catalog, cell, cursor) {
             leak.check("an inspection", &text, false);
         }
     }
@@ -179,7 +177,7 @@ pub fn sql_check(data: &[u8]) {
             Statement::ShowTables => Ok(()),
             Statement::Describe { table, .. } => {
                 if let Some(t) = fx.catalog.table(table) {
-                    leak.check("DESCRIBE", &services::describe_table(t), false);
+                    leak.check("DESCRIBE", &services::describe_table(t, &check::allowed_aggregates), false);
                 }
                 Ok(())
             }
@@ -215,19 +213,17 @@ fn run_bound(fx: &SqlFixture, leak: &Leak<'_>, query: &Query) -> Result<(), safe
     for f in query.output() {
         leak.check("an output column name", &f.name, false);
     }
-    let verdict = check::check(query)?;
-    let mode = if verdict.level == Level::Public { Mode::Plain } else { Mode::Protected };
-    let lowered = lower::lower_query(query, mode)?;
-    inspect_plan(fx, leak, verdict.level, &lowered);
+    let plan = safe_data_policy::plan_text(&fx.catalog, query)?;
+    inspect_plan(fx, leak, &plan);
     Ok(())
 }
 
-fn inspect_plan(fx: &SqlFixture, leak: &Leak<'_>, level: Level, lowered: &lower::Lowered) {
+fn inspect_plan(fx: &SqlFixture, leak: &Leak<'_>, text: &PlanText) {
     // A plan polars cannot even resolve is not a leak (execution would
     // answer a generic engine error), so only readable plans are checked.
-    let Ok(plan) = lowered.frame.describe_plan() else { return };
-    leak.check_plan("the plan", &plan);
-    if level == Level::Public {
+    let Some(plan) = &text.plan else { return };
+    leak.check_plan("the plan", plan);
+    if text.public {
         for (table, prefix) in &fx.protected_scans {
             assert!(
                 !plan.contains(prefix.as_str()),
@@ -236,27 +232,21 @@ fn inspect_plan(fx: &SqlFixture, leak: &Leak<'_>, level: Level, lowered: &lower:
             );
         }
     }
-    if let Ok(optimized) = lowered.frame.clone().to_alp_optimized() {
+    if let Some((optimized, nodes)) = &text.optimized {
         // Projection pushdown names the scanned columns, the unit included.
-        leak.check("the optimized plan", &optimized.describe(), true);
+        leak.check("the optimized plan", optimized, true);
         // The plan text truncates long column lists; the schemas of its
         // nodes do not. Only a scan may carry the privacy unit, which the
         // select above it renames.
-        let mut stack = vec![optimized.lp_top];
-        while let Some(node) = stack.pop() {
-            let ir = optimized.lp_arena.get(node);
-            let kind: &'static str = ir.into();
-            let schema = ir.schema(&optimized.lp_arena);
-            let names: Vec<&str> = schema.iter_names().map(|n| n.as_str()).collect();
+        for (kind, names) in nodes {
             leak.check(&format!("the columns of a {kind} node of the optimized plan"), &names.join(", "), kind.ends_with("SCAN"));
-            stack.extend(ir.inputs());
         }
     }
-    if let Ok(schema) = lowered.frame.clone().collect_schema() {
-        for name in schema.iter_names() {
+    if let Some(columns) = &text.columns {
+        for name in columns {
             let name = name.as_str();
-            let internal = [lower::POINT, lower::WITHHELD_THIN, lower::WITHHELD_DIFF].contains(&name);
-            let output = name.strip_prefix('#').is_some_and(|i| i.parse::<usize>().is_ok_and(|i| i < lowered.output.len()));
+            let internal = PLAN_INTERNAL_COLUMNS.contains(&name);
+            let output = name.strip_prefix('#').is_some_and(|i| i.parse::<usize>().is_ok_and(|i| i < text.outputs));
             assert!(output || internal, "the lowered plan outputs an unexpected column `{name}`\n--- input ---\n{}", leak.cell);
         }
     }
@@ -440,11 +430,11 @@ pub fn editor_services(data: &[u8]) {
                     assert!(parse::parse_cell(&cell).is_ok(), "is_complete called a cell complete that does not parse\n--- input ---\n{cell}");
                 }
                 for at in [cursor, cell.len()] {
-                    let completion = services::complete(&fx.catalog, &cell, at);
+                    let completion = safe_data_policy::complete(&fx.catalog, &cell, at);
                     assert!(completion.start <= completion.end && completion.end <= cell.len(), "completion range out of the cell");
                     assert!(cell.is_char_boundary(completion.start) && cell.is_char_boundary(completion.end), "completion range inside a character");
                     leak.check("a completion", &completion.matches.join("\n"), false);
-                    if let Some(text) = services::inspect(&fx.catalog, &cell, at) {
+                    if let Some(text) = safe_data_policy::inspect(&fx.catalog, &cell, at) {
                         leak.check("an inspection", &text, false);
                     }
                 }

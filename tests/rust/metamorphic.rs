@@ -47,7 +47,7 @@
 mod lab;
 
 use lab::{Lab, Layer, Refusal, withheld_all};
-use safe_data_lang::engine::Value;
+use safe_data_lang::value::Value;
 use safe_data_policy::{Released, Rule};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};

@@ -40,8 +40,9 @@
 //! number of cases); each failure prints the seed, the case, the SQL and the
 //! table.
 
-use safe_data_lang::engine::{CancelFlag, Value};
 use safe_data_lang::parse::parse_cell;
+use safe_data_lang::value::Value;
+use safe_data_policy::CancelFlag;
 use safe_data_policy::{NoticeKind, Policy, Released, Requester, Rule};
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
@@ -670,7 +671,7 @@ q   = {{ role = "measure", bounds = [{Q_LO}, {Q_HI}] }}
     );
     let path = dir.join("safe-data.toml");
     std::fs::write(&path, toml).unwrap();
-    let catalog = safe_data_lang::Catalog::load(&path).unwrap_or_else(|e| panic!("case {index} (seed {seed:#x}): config: {e}"));
+    let catalog = safe_data_policy::Catalog::load(&path).unwrap_or_else(|e| panic!("case {index} (seed {seed:#x}): config: {e}"));
     let policy = Policy::new(Arc::new(catalog)).expect("policy");
     Fixture { dir, policy }
 }
@@ -709,7 +710,7 @@ fn released_rows_rest_on_k_people_and_have_exact_values() {
                     continue;
                 }
             };
-            let out = fx.policy.run(&parsed[0], &who, &cancel);
+            let out = fx.policy.run(&parsed[0], &who, &cancel).into_result();
             ran += 1;
             match &out {
                 Ok(rel) => {

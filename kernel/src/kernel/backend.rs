@@ -18,10 +18,11 @@
 
 use crate::history::History;
 use crate::render;
-use safe_data_lang::engine::CancelFlag;
 use safe_data_lang::parse::{self, Parsed};
 use safe_data_lang::span::{Span, caret_snippet};
-use safe_data_lang::{Catalog, services};
+use safe_data_policy::CancelFlag;
+use safe_data_policy::Catalog;
+use safe_data_policy::Outcome;
 use safe_data_policy::{Policy, Released, Requester};
 use serde::{Deserialize, Serialize};
 use std::sync::{Arc, Mutex};
@@ -225,7 +226,10 @@ pub fn render_statements(
     let last = statements.len().saturating_sub(1);
     for (i, statement) in statements.iter().enumerate() {
         let started = std::time::Instant::now();
-        let released = policy.run(statement, who, cancel).map_err(|e| CellError::new(e.kind(), e.to_string(), cell, e.span()))?;
+        let released = match policy.run(statement, who, cancel) {
+            Outcome::Released(released) => released,
+            Outcome::Refused(e) => return Err(CellError::new(e.kind(), e.to_string(), cell, e.span())),
+        };
         tracing::debug!(elapsed_ms = started.elapsed().as_millis() as u64, rows = released.rows().len(), "statement released");
         if silent {
             continue;
@@ -296,12 +300,12 @@ impl Backend for Embedded {
     }
 
     fn complete(&self, code: &str, cursor: usize) -> Completion {
-        let done = services::complete(&self.catalog, code, cursor);
+        let done = safe_data_policy::complete(&self.catalog, code, cursor);
         Completion { matches: done.matches, start: done.start, end: done.end }
     }
 
     fn inspect(&self, code: &str, cursor: usize) -> Option<String> {
-        services::inspect(&self.catalog, code, cursor)
+        safe_data_policy::inspect(&self.catalog, code, cursor)
     }
 
     fn history(&self, query: &HistoryQuery) -> Result<Vec<HistoryItem>, String> {

@@ -247,7 +247,7 @@ pub(super) async fn signal_loop(shared: Arc<Shared>) {
     loop {
         tokio::select! {
             _ = int.recv() => {
-                if safe_data_lang::engine::self_interrupted_recently() {
+                if safe_data_policy::runtime::self_interrupted_recently() {
                     // Sent by the engine to stop polars: not the user's.
                     continue;
                 }

@@ -27,9 +27,9 @@ use crate::frame_guard::{LogThrottle, left_out};
 use crate::history::History;
 use crate::kernel::backend::{self, CellError, HistoryItem};
 use safe_data_lang::config::ServiceConfig;
-use safe_data_lang::engine::CancelFlag;
 use safe_data_lang::parse::{Parsed, Statement};
-use safe_data_lang::{Catalog, services};
+use safe_data_policy::CancelFlag;
+use safe_data_policy::Catalog;
 use safe_data_policy::audit::{AuditLog, Entry};
 use safe_data_policy::release::Verdict;
 use safe_data_policy::{Policy, Requester};
@@ -674,13 +674,13 @@ async fn serve_requests(service: &Arc<Service>, conn: &Arc<Conn>, read: &mut tok
             ClientMsg::Complete { id, code, cursor } => {
                 let catalog = service.catalog.clone();
                 answer(conn, id, move || {
-                    let done = services::complete(&catalog, &code, cursor);
+                    let done = safe_data_policy::complete(&catalog, &code, cursor);
                     ServiceMsg::Completion { id, matches: done.matches, start: done.start, end: done.end }
                 })?;
             }
             ClientMsg::Inspect { id, code, cursor } => {
                 let catalog = service.catalog.clone();
-                answer(conn, id, move || ServiceMsg::Inspection { id, text: services::inspect(&catalog, &code, cursor) })?;
+                answer(conn, id, move || ServiceMsg::Inspection { id, text: safe_data_policy::inspect(&catalog, &code, cursor) })?;
             }
             ClientMsg::History { id, query } => {
                 let history = conn.reader.clone();
@@ -880,7 +880,7 @@ async fn on_worker(service: &Arc<Service>, conn: &Arc<Conn>, cell: &ExecuteCell,
                 tracing::warn!(%user, "killed a worker whose statement outlived the time limit ({how})");
                 service.pool.replace();
                 stopped(service, conn, statements.get(audited), "Timeout").await;
-                return Err(CellError::plain("Timeout", safe_data_lang::Error::Timeout(service.query_timeout.as_secs()).to_string()));
+                return Err(CellError::plain("Timeout", safe_data_policy::RunError::Timeout(service.query_timeout.as_secs()).to_string()));
             }
             Err(Some(why)) => {
                 let how = worker.kill().await;
@@ -902,7 +902,7 @@ fn stop_rule(why: StopReason) -> &'static str {
 
 fn stop_error(why: StopReason) -> CellError {
     match why {
-        StopReason::Interrupted => CellError::plain("Interrupted", safe_data_lang::Error::Interrupted.to_string()),
+        StopReason::Interrupted => CellError::plain("Interrupted", safe_data_policy::RunError::Interrupted.to_string()),
         StopReason::Disconnected => CellError::plain("Interrupted", "the kernel disconnected"),
     }
 }

@@ -13,8 +13,8 @@
 
 use super::protocol::{self, AuditRecord, FromWorker, MAX_REQUEST_BYTES, MAX_WORKER_FRAME_BYTES, ProtocolError, ToWorker};
 use crate::kernel::backend::{self, CellError};
-use safe_data_lang::Catalog;
-use safe_data_lang::engine::CancelFlag;
+use safe_data_policy::CancelFlag;
+use safe_data_policy::Catalog;
 use safe_data_policy::audit::Entry;
 use safe_data_policy::{AuditSink, Policy, Requester};
 use std::fs::File;
@@ -86,8 +86,8 @@ pub fn run(config: &Path) -> Result<(), String> {
     crate::memory::map_binary_sparsely();
     // Timeouts and the memory budget stop polars in this process (the
     // service kills it if that does not work).
-    safe_data_lang::engine::enable_aborts();
-    safe_data_lang::engine::set_memory_gauge(crate::memory::in_use);
+    safe_data_policy::runtime::enable_aborts();
+    safe_data_policy::runtime::set_memory_gauge(crate::memory::in_use);
     let policy = Policy::with_sink(catalog, Box::new(ServiceSink(pipes.clone())));
     pipes.send(&FromWorker::Ready {}).map_err(|e| e.to_string())?;
     let idle = Arc::new(IdleTrim::default());

@@ -153,8 +153,7 @@ mod tests {
     use std::time::Duration;
 
     fn catalog() -> Arc<Catalog> {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/safe-data.toml");
-        Arc::new(Catalog::load(&path).unwrap_or_else(|e| panic!("cannot load {}: {e}", path.display())))
+        Arc::new(crate::test_catalog::fixture_catalog())
     }
 
     /// Parses and binds `text` on its own thread; fails if that takes longer

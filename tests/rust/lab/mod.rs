@@ -9,8 +9,9 @@
 
 #![allow(dead_code)]
 
-use safe_data_lang::engine::{CancelFlag, Value};
 use safe_data_lang::parse::parse_cell;
+use safe_data_lang::value::Value;
+use safe_data_policy::CancelFlag;
 use safe_data_policy::{Notice, NoticeKind, Policy, Released, Requester, Rule};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -120,7 +121,7 @@ public = true
         );
         let path = dir.join("safe-data.toml");
         std::fs::write(&path, toml).unwrap();
-        let catalog = Arc::new(safe_data_lang::Catalog::load(&path).unwrap_or_else(|e| panic!("fixture config: {e}")));
+        let catalog = Arc::new(safe_data_policy::Catalog::load(&path).unwrap_or_else(|e| panic!("fixture config: {e}")));
         let policy = Policy::new(catalog).expect("policy");
         Lab { policy, dir }
     }
@@ -134,7 +135,11 @@ public = true
             Err(e) => Err(Refusal { rule: None, kind: e.kind().to_string(), text: e.to_string() }),
             Ok(parsed) => {
                 assert_eq!(parsed.len(), 1, "one statement per run: {sql}");
-                self.policy.run(&parsed[0], &who, &cancel).map_err(|e| Refusal { rule: e.rule(), kind: e.kind().to_string(), text: e.to_string() })
+                self.policy.run(&parsed[0], &who, &cancel).into_result().map_err(|e| Refusal {
+                    rule: e.rule(),
+                    kind: e.kind().to_string(),
+                    text: e.to_string(),
+                })
             }
         };
         match &out {

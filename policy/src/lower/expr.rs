@@ -4,11 +4,12 @@
 //! point, and functions undefined on a value yield NULL, so no error can
 //! depend on one row's data.
 
-use crate::decimal::{self, Decimal, Edges};
-use crate::error::{Error, Result};
-use crate::ir::{AggFunc, BinaryOp, Expr, ExprKind, Literal, ScalarFunc, UnaryOp};
-use crate::types::SqlType;
+use crate::error::{Result, RunError};
+use crate::types::ToPolars;
 use polars::prelude::{self as pl, DataType, Expr as PExpr, IntoColumn, QuantileMethod, RoundMode, col, lit};
+use safe_data_lang::decimal::{self, Decimal, Edges};
+use safe_data_lang::ir::{AggFunc, BinaryOp, Expr, ExprKind, Literal, ScalarFunc, UnaryOp};
+use safe_data_lang::types::SqlType;
 
 /// Column name of a FROM leaf's column inside a block's frame.
 pub(crate) fn leaf_column(slot: usize, index: usize) -> String {
@@ -35,11 +36,11 @@ pub(crate) fn lower(e: &Expr, resolve: &dyn Fn(&Expr) -> Option<PExpr>) -> Resul
         ExprKind::Binary { op, left, right } => binary(*op, go(left)?, left.ty, go(right)?, right.ty, e.ty),
         ExprKind::Scalar { func, args } => scalar(*func, args, e.ty, resolve)?,
         ExprKind::Aggregate { .. } => {
-            return Err(Error::Engine("internal error: an aggregate outside an aggregation".into()));
+            return Err(RunError::Engine("internal error: an aggregate outside an aggregation").into());
         }
         ExprKind::Case { whens, otherwise } => {
             let mut iter = whens.iter();
-            let (c0, r0) = iter.next().ok_or_else(|| Error::Engine("internal error: empty CASE".into()))?;
+            let (c0, r0) = iter.next().ok_or(RunError::Engine("internal error: empty CASE"))?;
             let otherwise = match otherwise {
                 Some(o) => convert(go(o)?, o.ty, e.ty),
                 None => null_of(e.ty),
@@ -65,7 +66,7 @@ pub(crate) fn lower(e: &Expr, resolve: &dyn Fn(&Expr) -> Option<PExpr>) -> Resul
             // A long list of constants: one hash lookup, not an OR chain.
             let common = list.iter().fold(expr.ty, |t, i| t.unify(i.ty).unwrap_or(t));
             let items = pl::concat_list(list.iter().map(|i| convert(go(i).unwrap_or_else(|_| lit(pl::Null {})), i.ty, common)).collect::<Vec<_>>())
-                .map_err(|_| Error::Engine("internal error: IN list".into()))?;
+                .map_err(|_| RunError::Engine("internal error: IN list"))?;
             let value = convert(go(expr)?, expr.ty, common);
             let has_null = list.iter().any(|i| matches!(i.kind, ExprKind::Literal(Literal::Null)));
             // SQL: x IN (..) is NULL when x is NULL, or when nothing matched and the list holds a NULL.
@@ -376,7 +377,7 @@ fn decimal_literal(e: &Expr) -> Option<Decimal> {
 /// those. Doubles are read as the decimals they print as (`0.6` is on the
 /// edge 0.6), integers as themselves.
 fn width_bucket(x: PExpr, args: &[Expr]) -> Result<PExpr> {
-    let invalid = || Error::Engine("internal error: WIDTH_BUCKET needs literal edges and count".into());
+    let invalid = || crate::Error::from(RunError::Engine("internal error: WIDTH_BUCKET needs literal edges and count"));
     let (low, high) = (decimal_literal(&args[1]).ok_or_else(invalid)?, decimal_literal(&args[2]).ok_or_else(invalid)?);
     let n = match args[3].kind {
         ExprKind::Literal(Literal::Integer(n)) if (1..=i64::from(u32::MAX)).contains(&n) => n as u32,
@@ -520,8 +521,8 @@ fn regex_escape(s: &str) -> String {
 mod tests {
     use super::*;
 
-    use crate::span::Span;
     use polars::prelude::IntoLazy;
+    use safe_data_lang::span::Span;
 
     /// A decimal text (`-37.5`, `6.000000000000001e-1`) as `mantissa × 10^exponent`.
     fn decimal(text: &str) -> (i128, i32) {

@@ -1,8 +1,8 @@
 //! Lowering: the typed IR to a polars `LazyFrame`.
 //!
-//! Two modes. [`Mode::Plain`] compiles the query as written. [`Mode::Protected`]
-//! compiles the same query *and* the evidence the policy's release needs,
-//! inside the same plan:
+//! It obeys the [`Evidence`] the check issued: a scan the plan calls public
+//! is compiled as written; a protected scan compiles the same query *and* the
+//! evidence the policy's release needs, inside the same plan:
 //!
 //! - every scan of a protected table carries its privacy unit column
 //!   (`__u*`) and clamps bounded numeric columns to their bounds;
@@ -16,7 +16,7 @@
 //!   *touched* (who lost at least one row or join pair to the filters), also
 //!   per UNION ALL branch and per aggregate argument (the people whose
 //!   non-NULL values feed it); a plain count when every row has its own
-//!   person (see [`Table::unit_is_unique`], also through a join onto a unique
+//!   person (see [`Catalog::column_is_unique`], also through a join onto a unique
 //!   key; just the rows when that unit is on every row). From them it derives
 //!   two flags per group: thin (fewer than k people kept, or an aggregate fed
 //!   by fewer than k, or a branch contributing 1 to k-1) and differencing
@@ -28,19 +28,25 @@
 //!   same plan and comes back in extra rows of the result (see [`POINT`]).
 //!
 //! This module does not decide what is released: it refuses shapes it cannot
-//! instrument soundly and leaves the verdict to the policy crate.
+//! instrument soundly (`Rule::Shape`) and leaves the verdict to the release.
+//! It reads no policy setting from the catalog (roles, k, units, bounds):
+//! those come from the evidence; the catalog gives it only scans and the
+//! facts that choose how people are counted (does a column repeat).
 
 mod expr;
+#[cfg(test)]
+mod histogram_tests;
 
-use crate::catalog::Table;
-use crate::error::{Error, Result};
-use crate::ir::{AggFunc, Expr, ExprKind, Field, FromItem, JoinKind, Query, Select, SetExpr};
-use crate::types::SqlType;
+use crate::error::{Error, Result, RunError};
+use crate::evidence::{Evidence, ScanPlan};
+use crate::sources::{Catalog, Guard};
+use crate::types::ToPolars;
 use expr::leaf_column;
 use polars::prelude::{self as pl, DataType, Expr as PExpr, IntoLazy, JoinArgs, JoinCoalesce, JoinType, LazyFrame, col, lit};
+use safe_data_lang::catalog::Table;
+use safe_data_lang::ir::{AggFunc, Expr, ExprKind, Field, FromItem, JoinKind, Query, Select, SetExpr};
+use safe_data_lang::types::SqlType;
 use std::cell::RefCell;
-
-pub use expr::like_to_regex;
 
 /// Internal column (inside an aggregation only): the group rests on fewer than k people.
 const THIN_FLAG: &str = "__sd_thin";
@@ -67,12 +73,6 @@ pub const POINT: &str = "__sd_point";
 pub const WITHHELD_THIN: &str = "__sd_withheld_thin";
 /// Result column of a withheld-point row: groups that single out 1..k-1 people (the release refuses the statement).
 pub const WITHHELD_DIFF: &str = "__sd_withheld_diff";
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mode {
-    Plain,
-    Protected,
-}
 
 /// An aggregation over protected rows, where flagged groups are withheld.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -102,9 +102,10 @@ pub fn output_column(i: usize) -> String {
     format!("#{i}")
 }
 
-/// Compiles a bound query.
-pub fn lower_query(query: &Query, mode: Mode) -> Result<Lowered> {
-    let lowerer = Lowerer { mode, points: RefCell::default() };
+/// Compiles a bound query as its evidence plan says. Reads of the sources
+/// that choose how to count (uniqueness) run under `guard`.
+pub(crate) fn lower_query(query: &Query, evidence: &Evidence, sources: &Catalog, guard: &Guard) -> Result<Lowered> {
+    let lowerer = Lowerer { evidence, sources, guard, points: RefCell::default() };
     let rel = lowerer.query(query, true, true)?;
     let output = query.output();
     let null = |ty: DataType| lit(pl::Null {}).cast(ty);
@@ -195,22 +196,25 @@ enum Rule {
     NoneOrAtLeastK,
 }
 
-struct Lowerer {
-    mode: Mode,
+struct Lowerer<'a> {
+    evidence: &'a Evidence,
+    sources: &'a Catalog,
+    guard: &'a Guard,
     /// Per aggregation over protected rows: a one-row frame counting its
     /// withheld groups, and where it is.
     points: RefCell<Vec<(LazyFrame, WithheldPoint)>>,
 }
 
+/// A shape the lowering cannot instrument soundly on protected rows.
 fn unsupported(what: &str, hint: &str) -> Error {
-    Error::Unsupported { construct: what.into(), hint: hint.into(), span: None }
+    Error::refused(crate::Rule::Shape, format!("{what} is not supported: {hint}"), None)
 }
 
 fn engine(e: pl::PolarsError) -> Error {
-    crate::engine::map_polars_error(&e)
+    crate::engine::map_polars_error(&e).into()
 }
 
-impl Lowerer {
+impl Lowerer<'_> {
     /// `top`: the statement's own query, whose rows the user sees.
     /// `direct`: its rows reach the statement's output through projections,
     /// filters, sorts and limits only (an aggregation there is the
@@ -407,7 +411,7 @@ impl Lowerer {
                 counts.push((rule, k));
                 i
             };
-            let feeds = feeders(&calls, s.from.as_ref())?;
+            let feeds = feeders(&calls, &|a| self.is_complete_column(a, s.from.as_ref()))?;
             let and = |a: &Option<PExpr>, b: PExpr| match a {
                 Some(a) => a.clone().and(b),
                 None => b,
@@ -465,7 +469,7 @@ impl Lowerer {
                 for call in &calls {
                     let ExprKind::Aggregate { func: AggFunc::Quantile, args, .. } = &call.kind else { continue };
                     let p = match args.get(1).map(|a| &a.kind) {
-                        Some(ExprKind::Literal(crate::ir::Literal::Double(p))) => *p,
+                        Some(ExprKind::Literal(safe_data_lang::ir::Literal::Double(p))) => *p,
                         _ => 0.5,
                     };
                     let side = p.min(1.0 - p);
@@ -570,7 +574,7 @@ impl Lowerer {
     /// `direct`: see [`Lowerer::query`].
     fn from(&self, item: &FromItem, direct: bool) -> Result<Rel> {
         match item {
-            FromItem::Table { slot, table, .. } => self.scan(*slot, table),
+            FromItem::Table { slot, table, span, .. } => self.scan(*slot, table, *span),
             FromItem::Derived { slot, query, .. } => {
                 let rel = self.query(query, false, direct)?;
                 let mut cols: Vec<PExpr> = (0..query.output().len()).map(|i| col(output_column(i)).alias(leaf_column(*slot, i))).collect();
@@ -657,8 +661,8 @@ impl Lowerer {
                 // at most one row of the other side (the other key is unique).
                 // Keys cast to a wider type could collide, so only same-typed pairs count.
                 let same_type = || on.iter().filter(|(a, b)| a.ty == b.ty);
-                let left_ok = l.units.is_empty() || (l.people != People::Distinct && side_key_is_unique(right, same_type().map(|(_, b)| b)));
-                let right_ok = r.units.is_empty() || (r.people != People::Distinct && side_key_is_unique(left, same_type().map(|(a, _)| a)));
+                let left_ok = l.units.is_empty() || (l.people != People::Distinct && self.side_key_is_unique(right, same_type().map(|(_, b)| b)));
+                let right_ok = r.units.is_empty() || (r.people != People::Distinct && self.side_key_is_unique(left, same_type().map(|(a, _)| a)));
                 let mut units = l.units;
                 units.extend(r.units);
                 // A full join adds rows without the other side's unit.
@@ -668,12 +672,17 @@ impl Lowerer {
         }
     }
 
-    fn scan(&self, slot: usize, table: &Table) -> Result<Rel> {
-        let protected = self.mode == Mode::Protected && !table.public;
+    fn scan(&self, slot: usize, table: &Table, span: safe_data_lang::span::Span) -> Result<Rel> {
+        // Fail closed: a scan the evidence does not plan is never read.
+        let plan = self.evidence.scan(slot, table, span).ok_or(RunError::Engine("internal error: a table the policy did not plan"))?;
+        let protected = match plan {
+            ScanPlan::Public => None,
+            ScanPlan::Protected(p) => Some(p),
+        };
         let mut cols = Vec::new();
         for (i, c) in table.columns.iter().enumerate() {
             let mut e = col(c.name.as_str()).cast(c.ty.to_polars());
-            if protected && let Some((lo, hi)) = c.bounds {
+            if let Some((lo, hi)) = protected.and_then(|p| p.clamps.get(i).copied().flatten()) {
                 // Clamp so no single person can dominate a sum.
                 e = match c.ty {
                     SqlType::Integer => e.clip(lit(lo.ceil() as i64), lit(hi.floor() as i64)),
@@ -684,20 +693,39 @@ impl Lowerer {
         }
         let mut units = Vec::new();
         let mut people = People::Distinct;
-        if protected {
-            let unit = table.privacy_unit.as_deref().ok_or_else(|| Error::Engine("internal error: protected table without privacy unit".into()))?;
+        if let Some(p) = protected {
             let name = format!("__u{slot}");
-            cols.push(col(unit).alias(name.as_str()));
-            units.push((name, table.min_group_size));
-            people = if table.unit_is_row_key() {
+            cols.push(col(p.unit.as_str()).alias(name.as_str()));
+            units.push((name, p.k));
+            people = if self.sources.column_is_key(table, &p.unit, self.guard) {
                 People::Rows
-            } else if table.unit_is_unique() {
+            } else if self.sources.column_is_unique(table, &p.unit, self.guard) {
                 People::RowsWithUnit
             } else {
                 People::Distinct
             };
         }
-        Ok(Rel { units, people, ..Rel::new(table.scan()?.select(cols)) })
+        Ok(Rel { units, people, ..Rel::new(self.sources.scan(table, self.guard)?.select(cols)) })
+    }
+
+    /// Whether one of `keys` is a column of `side` that is a table whose values
+    /// never repeat, so each row of the other side meets at most one of its rows.
+    fn side_key_is_unique<'e>(&self, side: &FromItem, mut keys: impl Iterator<Item = &'e Expr>) -> bool {
+        let FromItem::Table { slot, table, .. } = side else { return false };
+        keys.any(|k| match &k.kind {
+            ExprKind::Column(c) if c.slot == *slot => table.columns.get(c.index).is_some_and(|col| self.sources.column_is_unique(table, &col.name, self.guard)),
+            _ => false,
+        })
+    }
+
+    /// Whether `a` is a column of the table scanned right below that is on every row.
+    fn is_complete_column(&self, a: &Expr, from: Option<&FromItem>) -> bool {
+        match (&a.kind, from) {
+            (ExprKind::Column(c), Some(FromItem::Table { slot, table, .. })) if c.slot == *slot => {
+                table.columns.get(c.index).is_some_and(|col| self.sources.column_is_complete(table, &col.name, self.guard))
+            }
+            _ => false,
+        }
     }
 }
 
@@ -715,16 +743,6 @@ fn has_defined_order(body: &SetExpr) -> bool {
         SetExpr::Query(q) => !q.order_by.is_empty() || has_defined_order(&q.body),
         SetExpr::Union { .. } => false,
     }
-}
-
-/// Whether one of `keys` is a column of `side` that is a table whose values
-/// never repeat, so each row of the other side meets at most one of its rows.
-fn side_key_is_unique<'a>(side: &FromItem, mut keys: impl Iterator<Item = &'a Expr>) -> bool {
-    let FromItem::Table { slot, table, .. } = side else { return false };
-    keys.any(|k| match &k.kind {
-        ExprKind::Column(c) if c.slot == *slot => table.columns.get(c.index).is_some_and(|col| table.column_is_unique(&col.name)),
-        _ => false,
-    })
 }
 
 /// Distinct aggregate calls of `e`, in order of appearance.
@@ -752,14 +770,8 @@ fn internal_columns(rel: &Rel) -> Vec<PExpr> {
 /// rows whose values feed it (all its data arguments non-NULL). `COUNT(*)`
 /// and constant arguments read every row of the group, which the group's
 /// own count covers; so do columns of the table scanned right below that
-/// are on every row ([`Table::column_is_complete`]).
-fn feeders(calls: &[&Expr], from: Option<&FromItem>) -> Result<Vec<PExpr>> {
-    let complete = |a: &Expr| match (&a.kind, from) {
-        (ExprKind::Column(c), Some(FromItem::Table { slot, table, .. })) if c.slot == *slot => {
-            table.columns.get(c.index).is_some_and(|col| table.column_is_complete(&col.name))
-        }
-        _ => false,
-    };
+/// are on every row (`complete`, see [`Catalog::column_is_complete`]).
+fn feeders(calls: &[&Expr], complete: &dyn Fn(&Expr) -> bool) -> Result<Vec<PExpr>> {
     let mut seen: Vec<&[Expr]> = Vec::new();
     let mut feeds = Vec::new();
     for call in calls {
