@@ -393,21 +393,7 @@ impl Expr {
     /// The direct sub-expressions, in the order they are written. To walk
     /// the whole tree, use [`Expr::walk`] or a [`visit::Visitor`].
     pub fn children(&self) -> Vec<&Expr> {
-        match &self.kind {
-            ExprKind::Column(_) | ExprKind::Literal(_) => vec![],
-            ExprKind::Unary { expr, .. } | ExprKind::Cast { expr, .. } | ExprKind::Like { expr, .. } | ExprKind::IsNull { expr, .. } => {
-                vec![expr]
-            }
-            ExprKind::Binary { left, right, .. } => vec![left, right],
-            ExprKind::Scalar { args, .. } | ExprKind::Aggregate { args, .. } => args.iter().collect(),
-            ExprKind::Case { whens, otherwise } => {
-                let mut v: Vec<&Expr> = whens.iter().flat_map(|(c, r)| [c, r]).collect();
-                v.extend(otherwise.as_deref());
-                v
-            }
-            ExprKind::InList { expr, list, .. } => std::iter::once(&**expr).chain(list.iter()).collect(),
-            ExprKind::Between { expr, low, high, .. } => vec![expr, low, high],
-        }
+        visit::children(self)
     }
 
     /// Whether any column is referenced (otherwise the value is a constant).
@@ -460,16 +446,9 @@ impl FromItem {
         }
     }
 
-    /// The leaves of this item, left to right.
+    /// The leaves of this item (tables and derived tables), left to right.
     pub fn leaves(&self) -> Vec<&FromItem> {
-        match self {
-            FromItem::Join { left, right, .. } => {
-                let mut v = left.leaves();
-                v.extend(right.leaves());
-                v
-            }
-            leaf => vec![leaf],
-        }
+        visit::leaves(self)
     }
 
     pub fn slot(&self) -> Option<usize> {

@@ -55,12 +55,13 @@
 
 use super::{ColumnRef, Expr, ExprKind, FromItem, Query, Select, SetExpr};
 use crate::catalog::Table;
+use std::convert::Infallible;
 use std::ops::ControlFlow;
 
 /// A walk over the IR; see [the module docs](self).
 pub trait Visitor<'ir> {
     /// What stops the walk early (`()` to stop without a value,
-    /// [`std::convert::Infallible`] for a walk that never stops).
+    /// [`Infallible`] for a walk that never stops).
     type Break;
 
     fn visit_query(&mut self, query: &'ir Query) -> ControlFlow<Self::Break> {
@@ -170,6 +171,46 @@ pub fn walk_expr<'ir, V: Visitor<'ir> + ?Sized>(v: &mut V, expr: &'ir Expr) -> C
     }
 }
 
+/// The direct sub-expressions of `expr`, in the order [`walk_expr`] visits them.
+pub(super) fn children(expr: &Expr) -> Vec<&Expr> {
+    struct Children<'ir>(Vec<&'ir Expr>);
+    impl<'ir> Visitor<'ir> for Children<'ir> {
+        type Break = Infallible;
+        fn visit_expr(&mut self, expr: &'ir Expr) -> ControlFlow<Infallible> {
+            self.0.push(expr);
+            ControlFlow::Continue(())
+        }
+    }
+    let mut v = Children(Vec::new());
+    let _ = walk_expr(&mut v, expr);
+    v.0
+}
+
+/// The leaves of a FROM item: the tables and derived tables joined by it,
+/// left to right (not what is inside a derived table).
+pub(super) fn leaves(item: &FromItem) -> Vec<&FromItem> {
+    struct Leaves<'ir>(Vec<&'ir FromItem>);
+    impl<'ir> Visitor<'ir> for Leaves<'ir> {
+        type Break = Infallible;
+        fn visit_from_item(&mut self, item: &'ir FromItem) -> ControlFlow<Infallible> {
+            match item {
+                FromItem::Join { .. } => walk_from_item(self, item),
+                leaf => {
+                    self.0.push(leaf);
+                    ControlFlow::Continue(())
+                }
+            }
+        }
+        /// The `ON` keys hold no FROM items.
+        fn visit_expr(&mut self, _: &'ir Expr) -> ControlFlow<Infallible> {
+            ControlFlow::Continue(())
+        }
+    }
+    let mut v = Leaves(Vec::new());
+    let _ = v.visit_from_item(item);
+    v.0
+}
+
 /// What [`Expr::try_walk`] does after its closure has seen an expression.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Step<B> {
@@ -201,7 +242,7 @@ impl Expr {
     /// Calls `f` on this expression and every sub-expression, parents first,
     /// in the order they are written.
     pub fn walk<'a>(&'a self, f: &mut dyn FnMut(&'a Expr)) {
-        let _ = self.try_walk(|e| -> Step<std::convert::Infallible> {
+        let _ = self.try_walk(|e| -> Step<Infallible> {
             f(e);
             Step::Descend
         });
@@ -239,7 +280,7 @@ impl Expr {
 struct Tables<'ir>(Vec<&'ir Table>);
 
 impl<'ir> Visitor<'ir> for Tables<'ir> {
-    type Break = std::convert::Infallible;
+    type Break = Infallible;
 
     fn visit_from_item(&mut self, item: &'ir FromItem) -> ControlFlow<Self::Break> {
         if let FromItem::Table { table, .. } = item {
@@ -287,7 +328,7 @@ mod tests {
     struct Trace(Vec<String>);
 
     impl<'ir> Visitor<'ir> for Trace {
-        type Break = std::convert::Infallible;
+        type Break = Infallible;
         fn visit_query(&mut self, q: &'ir Query) -> ControlFlow<Self::Break> {
             self.0.push("query".into());
             walk_query(self, q)
@@ -425,6 +466,34 @@ mod tests {
             matches!(e.kind, ExprKind::Column(_))
         }));
         assert_eq!(calls, 2, "the call, then its first argument");
+    }
+
+    #[test]
+    fn children_and_leaves() {
+        let q = bind(
+            "SELECT CASE WHEN age > 1 THEN 'a' ELSE city END AS a, age BETWEEN 1 AND 2 AS b, age IN (3, 4) AS c \
+             FROM people p JOIN (visits v JOIN (SELECT id FROM people) d ON v.id = d.id) ON p.id = v.person_id",
+        );
+        let texts = |e: &Expr| -> Vec<String> { e.children().iter().map(|c| c.to_string()).collect() };
+        let [a, b, c] = projection(&q)[..] else { panic!("three items") };
+        assert_eq!(texts(a), ["(p.age > 1)", "'a'", "p.city"]);
+        assert_eq!(texts(b), ["p.age", "1", "2"]);
+        assert_eq!(texts(c), ["p.age", "3", "4"]);
+        assert!(a.children()[1].children().is_empty());
+
+        let SetExpr::Select(s) = &q.body else { panic!("a SELECT") };
+        let aliases: Vec<&str> = s
+            .from
+            .as_ref()
+            .unwrap()
+            .leaves()
+            .iter()
+            .map(|l| match l {
+                FromItem::Table { alias, .. } | FromItem::Derived { alias, .. } => alias.as_str(),
+                FromItem::Join { .. } => panic!("a join is not a leaf"),
+            })
+            .collect();
+        assert_eq!(aliases, ["p", "v", "d"], "left to right, not into the derived table");
     }
 
     #[test]
