@@ -518,6 +518,41 @@ mod tests {
     }
 
     #[test]
+    fn the_deepest_statements_walk_compare_and_hash_on_a_small_stack() {
+        use crate::bind::{MAX_EXPR_DEPTH, MAX_QUERY_DEPTH};
+        use std::hash::{DefaultHasher, Hash, Hasher};
+        let deep_expr = |d: usize| {
+            let deep = format!("{}age{}", "abs(".repeat(d), ")".repeat(d));
+            format!("SELECT {deep} AS a, count(*) AS n FROM people GROUP BY {deep} ORDER BY {deep}")
+        };
+        let deep_query = |d: usize| format!("SELECT * FROM {}people{}", "(SELECT * FROM ".repeat(d), ") s".repeat(d));
+        let catalog = catalog();
+        // The deepest of each shape that the parser's and the binder's bounds accept.
+        let deepest = |max: usize, make: &dyn Fn(usize) -> String| -> String {
+            let d = (1..=max).rev().find(|&d| bind_sql(&catalog, &make(d)).is_ok()).expect("some depth binds");
+            assert!(d >= 16, "only {d} levels bind");
+            make(d)
+        };
+        for text in [deepest(MAX_EXPR_DEPTH, &deep_expr), deepest(MAX_QUERY_DEPTH, &deep_query)] {
+            crate::parse::on_small_stack(|| {
+                let q = bind_sql(&catalog, &text).unwrap_or_else(|e| panic!("{e}"));
+                let again = bind_sql(&catalog, &q.to_string()).unwrap_or_else(|e| panic!("{e}"));
+                assert!(q == again);
+                let hash = |q: &Query| {
+                    let mut h = DefaultHasher::new();
+                    q.hash(&mut h);
+                    h.finish()
+                };
+                assert_eq!(hash(&q), hash(&again));
+                assert_eq!(q.tables().len(), 1);
+                let mut t = Trace::default();
+                let _ = t.visit_query(&q);
+                assert!(t.0.len() > 3);
+            });
+        }
+    }
+
+    #[test]
     fn tables_of_a_query() {
         let names = |sql: &str| -> Vec<String> { bind(sql).tables().iter().map(|t| t.name.clone()).collect() };
         assert_eq!(names("SELECT 1 AS one"), Vec::<String>::new());
