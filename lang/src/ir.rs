@@ -6,6 +6,26 @@
 //! no "raw" escape hatch: anything the binder cannot express here is refused.
 //! Its `Display` prints SQL that binds back to the same IR (see the round-trip
 //! tests in `tests/dialect.rs`).
+//!
+//! # Equality
+//!
+//! Every IR type is `PartialEq + Eq + Hash`, *structurally*: two trees are
+//! equal when they have the same shape, types and values, whatever text they
+//! were bound from. Spans are neither compared nor hashed (they locate a
+//! node, they are not part of it); a `DOUBLE` literal compares by its bit
+//! pattern (`NaN` equals the same `NaN`, `0.0` differs from `-0.0`); a
+//! catalog table compares by its name as bound. Compare IR nodes with `==`,
+//! never through their printed text.
+//!
+//! # Traversal
+//!
+//! [`visit`] is the one way to walk the IR: a [`visit::Visitor`] with a
+//! method per node kind, the `walk_*` functions that recurse, and helpers
+//! built on them ([`Expr::walk`], [`Expr::any`], [`Expr::try_walk`],
+//! [`Expr::column_refs`], [`Query::tables`]).
+
+mod eq;
+pub mod visit;
 
 use crate::catalog::Table;
 use crate::span::Span;
@@ -54,7 +74,7 @@ pub struct Select {
     pub span: Span,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct SelectItem {
     pub expr: Expr,
     pub name: String,
@@ -62,7 +82,7 @@ pub struct SelectItem {
     pub sort_only: bool,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum JoinKind {
     Inner,
     Left,
@@ -98,7 +118,7 @@ pub enum FromItem {
 }
 
 /// A column reference resolved to the `FROM` leaf that provides it.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct ColumnRef {
     pub slot: usize,
     /// Position in the leaf's visible columns.
@@ -107,7 +127,9 @@ pub struct ColumnRef {
     pub name: String,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+/// `==` and `Hash` take a [`Literal::Double`] by its bit pattern (see
+/// [the module docs](self#equality)).
+#[derive(Debug, Clone)]
 pub enum Literal {
     Null,
     Boolean(bool),
@@ -118,13 +140,13 @@ pub enum Literal {
     Date(i32),
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum UnaryOp {
     Not,
     Neg,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum BinaryOp {
     Add,
     Sub,
@@ -295,7 +317,7 @@ pub struct Expr {
     pub span: Span,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum ExprKind {
     Column(ColumnRef),
     Literal(Literal),
@@ -352,7 +374,7 @@ pub enum ExprKind {
     },
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct OrderKey {
     /// Index into the body's output columns.
     pub column: usize,
@@ -361,55 +383,32 @@ pub struct OrderKey {
 }
 
 /// A column of a query's output.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Field {
     pub name: String,
     pub ty: SqlType,
 }
 
 impl Expr {
-    /// Calls `f` on this expression and every sub-expression, parents first.
-    pub fn walk<'a>(&'a self, f: &mut dyn FnMut(&'a Expr)) {
-        f(self);
-        for child in self.children() {
-            child.walk(f);
-        }
-    }
-
+    /// The direct sub-expressions, in the order they are written. To walk
+    /// the whole tree, use [`Expr::walk`] or a [`visit::Visitor`].
     pub fn children(&self) -> Vec<&Expr> {
-        match &self.kind {
-            ExprKind::Column(_) | ExprKind::Literal(_) => vec![],
-            ExprKind::Unary { expr, .. } | ExprKind::Cast { expr, .. } | ExprKind::Like { expr, .. } | ExprKind::IsNull { expr, .. } => {
-                vec![expr]
-            }
-            ExprKind::Binary { left, right, .. } => vec![left, right],
-            ExprKind::Scalar { args, .. } | ExprKind::Aggregate { args, .. } => args.iter().collect(),
-            ExprKind::Case { whens, otherwise } => {
-                let mut v: Vec<&Expr> = whens.iter().flat_map(|(c, r)| [c, r]).collect();
-                v.extend(otherwise.as_deref());
-                v
-            }
-            ExprKind::InList { expr, list, .. } => std::iter::once(&**expr).chain(list.iter()).collect(),
-            ExprKind::Between { expr, low, high, .. } => vec![expr, low, high],
-        }
+        visit::children(self)
     }
 
     /// Whether any column is referenced (otherwise the value is a constant).
     pub fn references_columns(&self) -> bool {
-        let mut found = false;
-        self.walk(&mut |e| found |= matches!(e.kind, ExprKind::Column(_)));
-        found
+        self.any(|e| matches!(e.kind, ExprKind::Column(_)))
     }
 
     pub fn contains_aggregate(&self) -> bool {
-        let mut found = false;
-        self.walk(&mut |e| found |= matches!(e.kind, ExprKind::Aggregate { .. }));
-        found
+        self.any(|e| matches!(e.kind, ExprKind::Aggregate { .. }))
     }
 
-    /// Structural equality, ignoring spans (the SQL text is canonical).
+    /// Structural equality, ignoring spans: the same as `self == other`
+    /// (see [the module docs](self#equality)), kept for existing callers.
     pub fn same_as(&self, other: &Expr) -> bool {
-        self.ty == other.ty && self.to_string() == other.to_string()
+        self == other
     }
 }
 
@@ -447,16 +446,9 @@ impl FromItem {
         }
     }
 
-    /// The leaves of this item, left to right.
+    /// The leaves of this item (tables and derived tables), left to right.
     pub fn leaves(&self) -> Vec<&FromItem> {
-        match self {
-            FromItem::Join { left, right, .. } => {
-                let mut v = left.leaves();
-                v.extend(right.leaves());
-                v
-            }
-            leaf => vec![leaf],
-        }
+        visit::leaves(self)
     }
 
     pub fn slot(&self) -> Option<usize> {

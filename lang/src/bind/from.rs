@@ -258,13 +258,7 @@ fn check_key_types(l: &Expr, r: &Expr, span: Span) -> Result<()> {
 }
 
 fn slots_of(e: &Expr) -> Vec<usize> {
-    let mut v = Vec::new();
-    e.walk(&mut |x| {
-        if let ExprKind::Column(c) = &x.kind {
-            v.push(c.slot);
-        }
-    });
-    v
+    e.column_refs().iter().map(|c| c.slot).collect()
 }
 
 /// Splits `a = b AND c = d ...` into (left-side, right-side) key pairs.

@@ -8,9 +8,9 @@
 use super::expr::{ExprCtx, expect_type};
 use super::{Binder, Env, Scope};
 use crate::error::{Error, Result};
+use crate::ir::visit::Step;
 use crate::ir::{Expr, ExprKind, Literal, OrderKey, Select, SelectItem};
 use crate::span::Span;
-use crate::types::SqlType;
 use sqlparser::ast;
 use std::collections::{HashMap, HashSet};
 
@@ -85,8 +85,7 @@ impl Binder<'_> {
         let keys = self.order_keys(order_by, &mut select, &scope)?;
 
         if select.aggregate {
-            // Each key's text once (`Expr::same_as` prints both sides).
-            let keys: HashSet<(SqlType, String)> = select.group_by.iter().map(|g| (g.ty, g.to_string())).collect();
+            let keys: HashSet<&Expr> = select.group_by.iter().collect();
             for item in &select.projection {
                 check_grouped(&item.expr, &keys)?;
             }
@@ -202,8 +201,6 @@ impl Binder<'_> {
         }
         let mut keys = Vec::new();
         let visible = select.projection.iter().filter(|i| !i.sort_only).count();
-        // The text of each item, computed when first needed (`Expr::same_as` prints both sides).
-        let mut texts: Vec<Option<String>> = vec![None; select.projection.len()];
         for o in order_by {
             let span = self.span_of(&o.expr, self.whole());
             let (descending, nulls_first) = order_options(o, span)?;
@@ -219,17 +216,13 @@ impl Binder<'_> {
                 i
             } else {
                 let e = self.expr(&o.expr, ExprCtx::new(scope, if select.aggregate { None } else { Some("ORDER BY of a query without GROUP BY") }))?;
-                let text = e.to_string();
-                let found =
-                    select.projection.iter().zip(texts.iter_mut()).position(|(p, t)| p.expr.ty == e.ty && *t.get_or_insert_with(|| p.expr.to_string()) == text);
-                match found {
+                match select.projection.iter().position(|p| p.expr == e) {
                     Some(i) => i,
                     None => {
                         if select.distinct {
                             return Err(Error::invalid("with SELECT DISTINCT, ORDER BY expressions must appear in the select list", Some(span)));
                         }
                         select.projection.push(SelectItem { name: format!("__sort{}", keys.len()), expr: e, sort_only: true });
-                        texts.push(Some(text));
                         select.projection.len() - 1
                     }
                 }
@@ -305,16 +298,14 @@ pub(crate) fn distinct_names(items: &mut [SelectItem]) {
 }
 
 /// In an aggregating block: every column outside an aggregate must be inside
-/// a GROUP BY expression.
-/// `group_by` holds the type and text of each GROUP BY expression (what
-/// [`Expr::same_as`] compares).
-pub(crate) fn check_grouped(e: &Expr, group_by: &HashSet<(SqlType, String)>) -> Result<()> {
-    match &e.kind {
-        ExprKind::Aggregate { .. } | ExprKind::Literal(_) => Ok(()),
-        _ if !group_by.is_empty() && group_by.contains(&(e.ty, e.to_string())) => Ok(()),
-        ExprKind::Column(c) => Err(Error::invalid(format!("column `{}` must appear in GROUP BY or be used inside an aggregate", c.name), Some(e.span))),
-        _ => e.children().into_iter().try_for_each(|c| check_grouped(c, group_by)),
-    }
+/// a GROUP BY expression (one of `group_by`, compared structurally).
+pub(crate) fn check_grouped(e: &Expr, group_by: &HashSet<&Expr>) -> Result<()> {
+    e.try_walk(|x| match &x.kind {
+        ExprKind::Aggregate { .. } | ExprKind::Literal(_) => Step::Prune,
+        _ if group_by.contains(x) => Step::Prune,
+        ExprKind::Column(c) => Step::Stop(Error::invalid(format!("column `{}` must appear in GROUP BY or be used inside an aggregate", c.name), Some(x.span))),
+        _ => Step::Descend,
+    })
 }
 
 fn refuse_select_extras(s: &ast::Select, span: Span) -> Result<()> {

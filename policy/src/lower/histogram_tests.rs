@@ -68,6 +68,7 @@ fn a_subquery_in_from_and_ctes_are_rewritten_on_the_ir() {
         // The SQL text of the rewrite binds back to the same query.
         let again = bind_sql(&catalog, &q.to_string()).unwrap_or_else(|e| panic!("{sql}: {e}\n{q}"));
         assert_eq!(again.to_string(), q.to_string());
+        assert!(again == q, "{sql}: the rewrite and its text bound again differ:\n{q:#?}\n{again:#?}");
     }
 }
 
@@ -108,5 +109,25 @@ fn shape_errors() {
     ] {
         let err = rewrite(&catalog, sql).unwrap_err();
         assert!(err.to_string().contains(fragment), "{sql}: {err}");
+    }
+}
+
+#[test]
+fn rewrites_print_as_sql_that_binds_to_the_same_ir() {
+    let catalog = catalog();
+    for spec in [
+        "bins = 4, min = 20, max = 60",
+        "bins = 4, min = -10, max = 60",
+        "bins = 3, min = -0.5, max = -0.25",
+        "bins = 7, min = -0.1234567890123, max = 1e10",
+        "bins = 2, min = -1e300, max = 1e300",
+    ] {
+        for query in ["SELECT age FROM people", "SELECT score - 50 AS s FROM people ORDER BY 1 LIMIT 5"] {
+            let sql = format!("CHART HISTOGRAM ({spec}) {query}");
+            let (q, _) = rewrite(&catalog, &sql).unwrap_or_else(|e| panic!("{sql}: {e}"));
+            let again = bind_sql(&catalog, &q.to_string()).unwrap_or_else(|e| panic!("{sql}: {e}\n{q}"));
+            assert!(again == q, "{sql}: the rewrite and its text bound again differ:\n{q}\n{again}\n{q:#?}\n{again:#?}");
+            assert_eq!(run(&again), run(&q), "{sql}");
+        }
     }
 }
