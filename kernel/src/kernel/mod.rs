@@ -61,9 +61,8 @@ impl Interrupter {
 
 /// State shared by the socket tasks and the evaluation thread.
 pub(super) struct Shared {
-    signer: Signer,
-    session: String,
-    iopub: mpsc::UnboundedSender<Frames>,
+    /// The key, the session and the iopub queue: what only [`outgoing`] sends through.
+    wire: outgoing::Wire,
     /// Stops the running cell (`shared.cancel.cancel()`).
     cancel: Interrupter,
     backend: Arc<dyn Backend>,
@@ -82,7 +81,7 @@ pub(super) struct Job {
     /// The request's routing and header (its content is decoded into `request`).
     msg: Message,
     request: jupyter_protocol::ExecuteRequest,
-    reply: mpsc::UnboundedSender<Frames>,
+    reply: outgoing::Replies,
     /// Rank among received execute requests.
     seq: u64,
 }
@@ -112,9 +111,7 @@ pub async fn run(connection_file: &std::path::Path, backend: Arc<dyn Backend>, o
     let (iopub_tx, iopub_rx) = mpsc::unbounded_channel();
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
     let shared = Arc::new(Shared {
-        signer: Signer::new(&info.key),
-        session: options.session,
-        iopub: iopub_tx,
+        wire: outgoing::Wire::new(Signer::new(&info.key), options.session, iopub_tx),
         cancel: Interrupter(backend.clone()),
         backend,
         execution_count: Mutex::new(0),

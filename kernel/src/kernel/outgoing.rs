@@ -10,6 +10,10 @@
 //! errors). Everything else is the kernel's own protocol: states, counts,
 //! completions, history, elapsed times.
 //!
+//! The queues to the sockets' tasks ([`Wire`]'s iopub queue, [`Replies`])
+//! have private fields: no other module can put frames in them, so what is
+//! not one of these variants cannot be sent.
+//!
 //! Contents are jupyter-protocol's structs where they give the bytes the
 //! kernel always sent; the rest are written here: a bundle is sent as
 //! rendered (jupyter-protocol's `Media` would re-encode a data resource),
@@ -20,7 +24,7 @@ use super::backend::{Bundle, CellError, HistoryItem};
 use super::incoming::BadContent;
 use super::{Frames, Shared};
 use crate::render;
-use crate::wire::{self, WireError};
+use crate::wire::{self, Signer, WireError};
 use bytes::Bytes;
 use jupyter_protocol as jp;
 use safe_data_lang::services::Completeness;
@@ -151,14 +155,45 @@ pub(super) enum Refusal<'a> {
     UnreadableContent(&'a BadContent),
 }
 
+/// The kernel's end of the wire: the connection key, the session, and the
+/// queue of the iopub socket's task. Only this module sends through it.
+pub(super) struct Wire {
+    signer: Signer,
+    session: String,
+    iopub: mpsc::UnboundedSender<Frames>,
+}
+
+impl Wire {
+    pub(super) fn new(signer: Signer, session: String, iopub: mpsc::UnboundedSender<Frames>) -> Wire {
+        Wire { signer, session, iopub }
+    }
+
+    /// The key, to verify requests with.
+    pub(super) fn signer(&self) -> &Signer {
+        &self.signer
+    }
+}
+
+/// The queue of one router socket's sending task: only this module puts
+/// frames in it.
+#[derive(Clone)]
+pub(super) struct Replies(mpsc::UnboundedSender<Frames>);
+
+impl Replies {
+    pub(super) fn new(queue: mpsc::UnboundedSender<Frames>) -> Replies {
+        Replies(queue)
+    }
+}
+
 impl Shared {
     /// Publishes a message on iopub.
     pub(super) fn publish(&self, parent: &Value, msg: Iopub<'_>) {
         let (msg_type, content) = msg.encode();
-        let header = wire::header(msg_type, &self.session);
-        let topic = Bytes::from(format!("kernel.{}.{msg_type}", self.session));
-        let frames = wire::encode(&[topic], &header, parent, &json!({}), &content, &self.signer);
-        let _ = self.iopub.send(frames);
+        let wire = &self.wire;
+        let header = wire::header(msg_type, &wire.session);
+        let topic = Bytes::from(format!("kernel.{}.{msg_type}", wire.session));
+        let frames = wire::encode(&[topic], &header, parent, &json!({}), &content, &wire.signer);
+        let _ = wire.iopub.send(frames);
     }
 
     pub(super) fn status(&self, parent: &Value, state: State) {
@@ -166,11 +201,11 @@ impl Shared {
     }
 
     /// Answers the request with header `parent`, to the peer `identities`.
-    pub(super) fn reply(&self, identities: &[Bytes], parent: &Value, out: &mpsc::UnboundedSender<Frames>, reply: Reply<'_>) {
+    pub(super) fn reply(&self, identities: &[Bytes], parent: &Value, out: &Replies, reply: Reply<'_>) {
         let (msg_type, content) = reply.encode();
-        let header = wire::header(&msg_type, &self.session);
-        let frames = wire::encode(identities, &header, parent, &json!({}), &content, &self.signer);
-        let _ = out.send(frames);
+        let header = wire::header(&msg_type, &self.wire.session);
+        let frames = wire::encode(identities, &header, parent, &json!({}), &content, &self.wire.signer);
+        let _ = out.0.send(frames);
     }
 }
 

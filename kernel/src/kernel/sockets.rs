@@ -1,7 +1,7 @@
 //! The five sockets: where they bind, and the tasks that move their frames.
 
 use super::incoming::{self, Request};
-use super::outgoing::{Refusal, Reply, State};
+use super::outgoing::{Refusal, Replies, Reply, State};
 use super::requests::{handle_request, unknown_completeness};
 use super::{Frames, Job, KernelError, Shared};
 use crate::frame_guard::{self, LogThrottle, left_out};
@@ -93,7 +93,7 @@ pub(super) async fn serve(
 ) -> Result<(), KernelError> {
     let limits = frame_guard::Limits::new(shared.max_message_bytes as u64, crate::sandbox::raise_open_file_limit());
     tracing::debug!(?limits, "frame guard");
-    let guard = frame_guard::Guard::new(limits, shared.signer.clone(), peer_policy());
+    let guard = frame_guard::Guard::new(limits, shared.wire.signer().clone(), peer_policy());
     let endpoints = Endpoints::open(info, &guard).await?;
     if !info.key.is_empty()
         && let Some(path) = CONNECTION_FILE.get().and_then(|f| replay_memory_path(f))
@@ -352,6 +352,7 @@ pub(super) async fn router_loop(
 ) {
     let (mut send, mut recv) = socket.split();
     let (out_tx, mut out_rx) = mpsc::unbounded_channel::<Frames>();
+    let out_tx = Replies::new(out_tx);
     tokio::spawn(async move {
         let slow = LogThrottle::new(5, std::time::Duration::from_secs(10));
         while let Some(frames) = out_rx.recv().await {
@@ -390,7 +391,7 @@ pub(super) async fn router_loop(
             tracing::debug!("{channel:?}: shutting down; a message is not taken");
             continue;
         }
-        let mut msg = match Message::decode_or_refuse(frames, &shared.signer, shared.max_message_bytes) {
+        let mut msg = match Message::decode_or_refuse(frames, shared.wire.signer(), shared.max_message_bytes) {
             Ok(m) => m,
             Err(refused) => {
                 match refused.answer_to {
@@ -449,7 +450,7 @@ pub(super) async fn router_loop(
 /// naming the field, never its value; nothing is run. An
 /// `is_complete_request` is answered "unknown" (its reply has no error
 /// status); anything else (a `comm_open` without a `comm_id`) gets no answer.
-fn answer_undecodable(shared: &Shared, out: &mpsc::UnboundedSender<Frames>, msg: &Message, error: &incoming::BadContent, log: &LogThrottle) {
+fn answer_undecodable(shared: &Shared, out: &Replies, msg: &Message, error: &incoming::BadContent, log: &LogThrottle) {
     let msg_type = msg.msg_type();
     if let Some(n) = log.allow() {
         tracing::warn!("a {} could not be read: {error}{}", shortened(msg_type), left_out(n));
@@ -476,7 +477,7 @@ fn shortened(msg_type: &str) -> &str {
 /// content is not a JSON object (a lone surrogate escape, nesting deeper
 /// than 128 levels): `BadMessage`, naming the frame, never its text. A
 /// replay of it is dropped like any other.
-fn answer_unreadable(shared: &Shared, out: &mpsc::UnboundedSender<Frames>, to: wire::AnswerTo, error: &wire::WireError, log: &LogThrottle) {
+fn answer_unreadable(shared: &Shared, out: &Replies, to: wire::AnswerTo, error: &wire::WireError, log: &LogThrottle) {
     if !shared.replay.lock().unwrap_or_else(|p| p.into_inner()).admit(&to.signature) {
         if let Some(n) = log.allow() {
             tracing::warn!("dropped a replayed message ({}){}", to.msg_type(), left_out(n));
