@@ -118,6 +118,7 @@ pub(super) fn decode(msg_type: &str, content: &Value) -> Result<Request, BadCont
 struct HistoryFields {
     hist_access_type: Option<HistoryAccess>,
     output: Option<bool>,
+    /// Checked for its type only: the kernel stores raw input anyway.
     #[allow(dead_code)]
     raw: Option<bool>,
     session: Option<i64>,
