@@ -122,25 +122,7 @@ pub const MAX_HISTORY_ITEMS: usize = 10_000;
 pub const MAX_HISTORY_REPLY_BYTES: usize = 1 << 20;
 
 impl HistoryQuery {
-    /// The query of a `history_request`'s content (IPython's fields; absent
-    /// or mistyped ones take its defaults). Never fails: any JSON is a query.
-    pub fn from_content(c: &serde_json::Value) -> HistoryQuery {
-        use serde_json::Value;
-        let n = c.get("n").and_then(Value::as_u64).map(|n| usize::try_from(n).unwrap_or(usize::MAX));
-        match c.get("hist_access_type").and_then(Value::as_str).unwrap_or("tail") {
-            "range" => HistoryQuery::Range {
-                session: c.get("session").and_then(Value::as_i64).unwrap_or(0),
-                start: c.get("start").and_then(Value::as_u64).unwrap_or(0),
-                stop: c.get("stop").and_then(Value::as_u64),
-            },
-            "search" => HistoryQuery::Search {
-                pattern: c.get("pattern").and_then(Value::as_str).unwrap_or("*").to_string(),
-                n,
-                unique: c.get("unique").and_then(Value::as_bool).unwrap_or(false),
-            },
-            _ => HistoryQuery::Tail { n: n.unwrap_or(10) },
-        }
-    }
+    // `from_content` (a `history_request`'s content) is with the kernel's decoding, in `incoming.rs`.
 
     /// Runs the query on a history, within [`MAX_HISTORY_ITEMS`].
     pub fn run(&self, h: &History) -> Vec<HistoryItem> {

@@ -1,10 +1,9 @@
 //! The evaluation thread: execute requests, one at a time, in order.
 
 use super::backend::{Cell, CellError, OutputKind};
-use super::requests::error_content;
+use super::outgoing::{Executed, Iopub, Progress as Shown, Reply, State};
 use super::{Job, Shared};
-use crate::render;
-use serde_json::{Value, json};
+use serde_json::Value;
 use std::sync::Arc;
 use std::sync::mpsc as std_mpsc;
 
@@ -36,10 +35,10 @@ pub(super) fn evaluation_loop(shared: Arc<Shared>, jobs: std_mpsc::Receiver<Job>
         };
         trimmed = false;
         if job.seq <= abort_up_to {
-            shared.status(&job.msg.header, "busy");
+            shared.status(&job.msg.header, State::Busy);
             let count = *shared.execution_count.lock().unwrap_or_else(|p| p.into_inner());
-            shared.reply(&job.msg, &job.reply, "execute_reply", json!({"status": "aborted", "execution_count": count, "payload": [], "user_expressions": {}}));
-            shared.status(&job.msg.header, "idle");
+            shared.reply(&job.msg.identities, &job.msg.header, &job.reply, Reply::Execute { execution_count: count, outcome: Executed::Aborted });
+            shared.status(&job.msg.header, State::Idle);
             continue;
         }
         execute(&shared, &job, &mut abort_up_to);
@@ -51,7 +50,8 @@ pub(super) fn evaluation_loop(shared: Arc<Shared>, jobs: std_mpsc::Receiver<Job>
 /// short grace for requests still on the wire) was sent before the client
 /// could see the error; what it sends after the reply runs normally.
 fn execute(shared: &Arc<Shared>, job: &Job, abort_up_to: &mut u64) {
-    let stop_on_error = job.msg.content.get("stop_on_error").and_then(Value::as_bool).unwrap_or(true);
+    let request = &job.request;
+    let stop_on_error = request.stop_on_error;
     let mut on_failure = || {
         if stop_on_error {
             std::thread::sleep(IN_FLIGHT_GRACE);
@@ -60,11 +60,10 @@ fn execute(shared: &Arc<Shared>, job: &Job, abort_up_to: &mut u64) {
     };
     let msg = &job.msg;
     let parent = &msg.header;
-    let c = &msg.content;
-    let code = c.get("code").and_then(Value::as_str).unwrap_or("").to_string();
-    let silent = c.get("silent").and_then(Value::as_bool).unwrap_or(false);
-    let store_history = c.get("store_history").and_then(Value::as_bool).unwrap_or(!silent) && !silent;
-    shared.status(parent, "busy");
+    let reply = |outcome: Executed<'_>, execution_count: u64| shared.reply(&msg.identities, parent, &job.reply, Reply::Execute { execution_count, outcome });
+    let (code, silent) = (request.code.as_str(), request.silent);
+    let store_history = request.store_history && !silent;
+    shared.status(parent, State::Busy);
     let count = {
         let mut counter = shared.execution_count.lock().unwrap_or_else(|p| p.into_inner());
         if store_history {
@@ -73,17 +72,17 @@ fn execute(shared: &Arc<Shared>, job: &Job, abort_up_to: &mut u64) {
         *counter
     };
     if !silent {
-        shared.publish("execute_input", parent, json!({"code": code, "execution_count": count}));
+        shared.publish(parent, Iopub::ExecuteInput { code, execution_count: count });
     }
     let progress = (!silent).then(|| Progress::start(shared, parent));
-    let cell = Cell { code: &code, silent, store_history, execution_count: count };
+    let cell = Cell { code, silent, store_history, execution_count: count };
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_cell(shared, parent, &cell)));
     if let Some(progress) = progress {
         progress.finish(matches!(outcome, Ok(Ok(()))));
     }
     let failure = match outcome {
         Ok(Ok(())) => {
-            shared.reply(msg, &job.reply, "execute_reply", json!({"status": "ok", "execution_count": count, "payload": [], "user_expressions": {}}));
+            reply(Executed::Ok, count);
             None
         }
         Ok(Err(e)) => Some(e),
@@ -92,18 +91,14 @@ fn execute(shared: &Arc<Shared>, job: &Job, abort_up_to: &mut u64) {
             Some(CellError::plain("InternalError", "an internal error occurred while evaluating this cell; the kernel is still running"))
         }
     };
-    if let Some(CellError { ename, evalue, traceback }) = failure {
+    if let Some(error) = failure {
         if !silent {
-            shared.publish("error", parent, json!({"ename": ename, "evalue": evalue, "traceback": traceback}));
+            shared.publish(parent, Iopub::Error(&error));
         }
         on_failure();
-        let mut content = error_content(&ename, &evalue, &traceback);
-        content["execution_count"] = json!(count);
-        content["payload"] = json!([]);
-        content["user_expressions"] = json!({});
-        shared.reply(msg, &job.reply, "execute_reply", content);
+        reply(Executed::Failed(&error), count);
     }
-    shared.status(parent, "idle");
+    shared.status(parent, State::Idle);
 }
 
 /// A cell that runs longer than [`Progress::AFTER`] shows an updating
@@ -124,13 +119,6 @@ impl Progress {
         let ticker = std::thread::spawn(move || {
             let started = std::time::Instant::now();
             let display_id = uuid::Uuid::new_v4().to_string();
-            let bundle = |text: String, running: bool| {
-                let class = if running { "sd-progress sd-running" } else { "sd-progress" };
-                json!({
-                    "text/plain": text,
-                    "text/html": format!("{}<div class=\"{class}\">{}</div>", render::PROGRESS_STYLE, render::escape(&text)),
-                })
-            };
             let mut wait = Self::AFTER;
             let mut shown = false;
             let ok = loop {
@@ -139,16 +127,13 @@ impl Progress {
                     Err(std_mpsc::RecvTimeoutError::Disconnected) => break false,
                     Err(std_mpsc::RecvTimeoutError::Timeout) => {}
                 }
-                let text = format!("Running for {} — the stop button (■) interrupts it", elapsed(started.elapsed()));
-                let content = json!({"data": bundle(text, true), "metadata": {}, "transient": {"display_id": display_id}});
-                shared.publish(if shown { "update_display_data" } else { "display_data" }, &parent, content);
+                shared.publish(&parent, Iopub::Progress { display_id: &display_id, update: shown, state: Shown::Running(started.elapsed()) });
                 shown = true;
                 wait = Self::EVERY;
             };
             if shown {
-                let verb = if ok { "Finished" } else { "Stopped" };
-                let text = format!("{verb} after {}", elapsed(started.elapsed()));
-                shared.publish("update_display_data", &parent, json!({"data": bundle(text, false), "metadata": {}, "transient": {"display_id": display_id}}));
+                let state = if ok { Shown::Finished(started.elapsed()) } else { Shown::Stopped(started.elapsed()) };
+                shared.publish(&parent, Iopub::Progress { display_id: &display_id, update: true, state });
             }
         });
         Progress { done, ticker }
@@ -161,18 +146,13 @@ impl Progress {
     }
 }
 
-fn elapsed(d: std::time::Duration) -> String {
-    let s = d.as_secs_f64();
-    if s < 60.0 { format!("{s:.1} s") } else { format!("{} min {:02} s", d.as_secs() / 60, d.as_secs() % 60) }
-}
-
 /// Runs a cell on the backend and publishes each output it yields: the
 /// cell's result as `execute_result`, everything else as `display_data`.
 /// Nothing else reaches iopub from here: the kernel forwards, it does not make results.
 fn run_cell(shared: &Shared, parent: &Value, cell: &Cell<'_>) -> Result<(), CellError> {
     let count = cell.execution_count;
     shared.backend.execute(cell, &mut |output| match output.kind {
-        OutputKind::Result => shared.publish("execute_result", parent, json!({"execution_count": count, "data": output.data.data(), "metadata": {}})),
-        OutputKind::Display => shared.publish("display_data", parent, json!({"data": output.data.data(), "metadata": {}, "transient": {}})),
+        OutputKind::Result => shared.publish(parent, Iopub::ExecuteResult { execution_count: count, data: &output.data }),
+        OutputKind::Display => shared.publish(parent, Iopub::DisplayData(&output.data)),
     })
 }

@@ -12,10 +12,14 @@
 //! Everything that touches data goes through a [`backend::Backend`]: in one
 //! process ([`backend::Embedded`]) or in the data service
 //! ([`crate::service::client::Remote`]). This module keeps only the
-//! execution count and the Jupyter protocol.
+//! execution count and the Jupyter protocol: requests are read as typed
+//! messages ([`incoming`]), and everything sent to a client is one of a
+//! closed set of typed messages, encoded in one place ([`outgoing`]).
 
 pub mod backend;
 mod execute;
+mod incoming;
+mod outgoing;
 mod requests;
 mod sockets;
 
@@ -24,7 +28,6 @@ use execute::evaluation_loop;
 
 use crate::wire::{self, Message, Signer};
 use bytes::Bytes;
-use serde_json::{Value, json};
 use std::sync::mpsc as std_mpsc;
 use std::sync::{Arc, Mutex};
 use tokio::sync::mpsc;
@@ -58,9 +61,8 @@ impl Interrupter {
 
 /// State shared by the socket tasks and the evaluation thread.
 pub(super) struct Shared {
-    signer: Signer,
-    session: String,
-    iopub: mpsc::UnboundedSender<Frames>,
+    /// The key, the session and the iopub queue: what only [`outgoing`] sends through.
+    wire: outgoing::Wire,
     /// Stops the running cell (`shared.cancel.cancel()`).
     cancel: Interrupter,
     backend: Arc<dyn Backend>,
@@ -74,31 +76,12 @@ pub(super) struct Shared {
     received: std::sync::atomic::AtomicU64,
 }
 
-impl Shared {
-    /// Publishes a message on iopub. Private to the kernel's modules: results
-    /// reach it only as the backend's [`backend::Output`]s.
-    pub(super) fn publish(&self, msg_type: &str, parent: &Value, content: Value) {
-        let header = wire::header(msg_type, &self.session);
-        let topic = Bytes::from(format!("kernel.{}.{msg_type}", self.session));
-        let frames = wire::encode(&[topic], &header, parent, &json!({}), &content, &self.signer);
-        let _ = self.iopub.send(frames);
-    }
-
-    pub(super) fn status(&self, parent: &Value, state: &str) {
-        self.publish("status", parent, json!({"execution_state": state}));
-    }
-
-    pub(super) fn reply(&self, to: &Message, out: &mpsc::UnboundedSender<Frames>, msg_type: &str, content: Value) {
-        let header = wire::header(msg_type, &self.session);
-        let frames = wire::encode(&to.identities, &header, &to.header, &json!({}), &content, &self.signer);
-        let _ = out.send(frames);
-    }
-}
-
 /// What the evaluation thread is asked to do.
 pub(super) struct Job {
+    /// The request's routing and header (its content is decoded into `request`).
     msg: Message,
-    reply: mpsc::UnboundedSender<Frames>,
+    request: jupyter_protocol::ExecuteRequest,
+    reply: outgoing::Replies,
     /// Rank among received execute requests.
     seq: u64,
 }
@@ -128,9 +111,7 @@ pub async fn run(connection_file: &std::path::Path, backend: Arc<dyn Backend>, o
     let (iopub_tx, iopub_rx) = mpsc::unbounded_channel();
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
     let shared = Arc::new(Shared {
-        signer: Signer::new(&info.key),
-        session: options.session,
-        iopub: iopub_tx,
+        wire: outgoing::Wire::new(Signer::new(&info.key), options.session, iopub_tx),
         cancel: Interrupter(backend.clone()),
         backend,
         execution_count: Mutex::new(0),

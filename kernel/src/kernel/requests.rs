@@ -1,153 +1,115 @@
 //! Answers to every request but `execute_request`.
 
-use super::backend::{Backend, HistoryQuery};
+use super::Shared;
+use super::backend::Backend;
+use super::incoming::{HistoryRequest, Request};
+use super::outgoing::{Iopub, IsComplete, Refusal, Replies, Reply, State};
 use super::sockets::Channel;
-use super::{Frames, Shared};
-use crate::wire::{self, Message};
-use safe_data_lang::services::{self, Completeness};
-use serde_json::{Value, json};
+use crate::wire::Message;
+use safe_data_lang::services;
 use std::sync::Arc;
-use tokio::sync::mpsc;
-
-pub(super) fn error_content(ename: &str, evalue: &str, traceback: &[String]) -> Value {
-    json!({"status": "error", "ename": ename, "evalue": evalue, "traceback": traceback})
-}
 
 /// Answers every request but `execute_request`, wrapped in busy/idle.
 ///
 /// Completion, inspection and history ask the backend, which may read the
 /// catalog, a file or the service: they run on a blocking thread (never on
 /// the runtime's, which move every socket's frames), and answer from there.
-pub(super) fn handle_request(shared: &Arc<Shared>, msg: &Message, out: &mpsc::UnboundedSender<Frames>, channel: Channel) {
-    let msg_type = msg.msg_type().to_string();
-    shared.status(&msg.header, "busy");
-    let c = &msg.content;
-    match msg_type.as_str() {
-        "kernel_info_request" => shared.reply(msg, out, "kernel_info_reply", kernel_info(&shared.backend.display_name())),
-        "complete_request" | "inspect_request" | "history_request" => {
-            let (shared, msg, out) = (shared.clone(), msg.clone(), out.clone());
-            tokio::task::spawn_blocking(move || {
-                let (reply_type, content) = backend_reply(&*shared.backend, &msg);
-                shared.reply(&msg, &out, reply_type, content);
-                shared.status(&msg.header, "idle");
-            });
-            return;
+pub(super) fn handle_request(shared: &Arc<Shared>, msg: &Message, request: Request, out: &Replies, channel: Channel) {
+    let parent = &msg.header;
+    let reply = |reply: Reply<'_>| shared.reply(&msg.identities, parent, out, reply);
+    shared.status(parent, State::Busy);
+    match request {
+        Request::KernelInfo(_) => reply(Reply::KernelInfo { display_name: &shared.backend.display_name() }),
+        Request::Complete(r) => return off_the_runtime(shared, msg, out, move |backend| complete(backend, &r.code, r.cursor_pos)),
+        Request::Inspect(r) => {
+            return off_the_runtime(shared, msg, out, move |backend| Reply::Inspect(backend.inspect(&r.code, char_to_byte(&r.code, r.cursor_pos))));
         }
-        "is_complete_request" => {
-            let code = c.get("code").and_then(Value::as_str).unwrap_or("");
-            let content = match services::is_complete(code) {
-                Completeness::Complete => json!({"status": "complete"}),
-                Completeness::Incomplete(indent) => json!({"status": "incomplete", "indent": indent}),
-                Completeness::Invalid => json!({"status": "invalid"}),
-            };
-            shared.reply(msg, out, "is_complete_reply", content);
+        Request::History(HistoryRequest { query, output }) => {
+            return off_the_runtime(shared, msg, out, move |backend| Reply::History { entries: backend.history(&query), output });
         }
-        "comm_info_request" => shared.reply(msg, out, "comm_info_reply", json!({"status": "ok", "comms": {}})),
-        "comm_open" => {
-            // No comm targets: close it so the frontend does not wait.
-            let comm_id = c.get("comm_id").cloned().unwrap_or(Value::Null);
-            shared.publish("comm_close", &msg.header, json!({"comm_id": comm_id, "data": {}}));
-        }
-        "comm_msg" | "comm_close" => {}
-        "interrupt_request" => {
+        Request::IsComplete(r) => reply(Reply::IsComplete(services::is_complete(&r.code).into())),
+        Request::CommInfo => reply(Reply::CommInfo),
+        // No comm targets: close it so the frontend does not wait.
+        Request::CommOpen(open) => shared.publish(parent, Iopub::CommClose(&open.comm_id)),
+        Request::CommIgnored => {}
+        Request::Interrupt(_) => {
             shared.cancel.cancel();
-            shared.reply(msg, out, "interrupt_reply", json!({"status": "ok"}));
+            reply(Reply::Interrupt);
         }
-        "shutdown_request" => {
-            let restart = c.get("restart").and_then(Value::as_bool).unwrap_or(false);
+        Request::Shutdown(r) => {
             if channel != Channel::Control {
                 tracing::info!("shutdown_request on {channel:?} (expected on control); honouring it");
             }
             shared.cancel.cancel();
-            shared.reply(msg, out, "shutdown_reply", json!({"status": "ok", "restart": restart}));
-            shared.status(&msg.header, "idle");
+            reply(Reply::Shutdown { restart: r.restart });
+            shared.status(parent, State::Idle);
             let _ = shared.shutdown.send(true);
             return;
         }
-        other => {
-            if let Some(prefix) = other.strip_suffix("_request") {
-                shared.reply(msg, out, &format!("{prefix}_reply"), error_content("UnknownMessageType", &format!("Safe Data does not handle `{other}`"), &[]));
-            } else {
-                tracing::info!("ignoring message of type {other}");
-            }
-        }
+        Request::Unknown => reply(Reply::Refused { request_type: msg.msg_type(), why: Refusal::UnknownMessageType }),
+        // The router loop hands those on shell to the evaluation thread.
+        Request::Execute(_) => reply(Reply::Refused { request_type: msg.msg_type(), why: Refusal::WrongChannel }),
+        Request::Other => tracing::info!("ignoring message of type {}", msg.msg_type()),
     }
-    shared.status(&msg.header, "idle");
+    shared.status(parent, State::Idle);
 }
 
-fn char_to_byte(s: &str, chars: u64) -> usize {
-    s.char_indices().nth(chars as usize).map(|(i, _)| i).unwrap_or(s.len())
+/// Answers an `is_complete_request` whose content could not be read: the
+/// protocol has no error status for it, and "unknown" lets the frontend
+/// decide.
+pub(super) fn unknown_completeness(shared: &Shared, msg: &Message, out: &Replies) {
+    shared.status(&msg.header, State::Busy);
+    shared.reply(&msg.identities, &msg.header, out, Reply::IsComplete(IsComplete::Unknown));
+    shared.status(&msg.header, State::Idle);
 }
 
+/// The byte offset of a cursor in characters; past the end is the end.
+fn char_to_byte(s: &str, chars: usize) -> usize {
+    s.char_indices().nth(chars).map(|(i, _)| i).unwrap_or(s.len())
+}
+
+/// The characters before a byte offset (the backend's answer: one inside a
+/// character counts it as after the cursor, never panics).
 fn byte_to_char(s: &str, byte: usize) -> usize {
-    s[..byte.min(s.len())].chars().count()
+    s.char_indices().take_while(|(i, _)| *i < byte).count()
 }
 
-fn kernel_info(display_name: &str) -> Value {
-    use jupyter_protocol::{CodeMirrorMode, KernelInfoReply, LanguageInfo, ReplyStatus};
-    let reply = KernelInfoReply {
-        status: ReplyStatus::Ok,
-        protocol_version: wire::PROTOCOL_VERSION.into(),
-        implementation: "safe-data".into(),
-        implementation_version: env!("CARGO_PKG_VERSION").into(),
-        language_info: LanguageInfo {
-            name: "sql".into(),
-            version: "safe-sql-1".into(),
-            mimetype: Some("text/x-sql".into()),
-            file_extension: Some(".sql".into()),
-            pygments_lexer: Some("sql".into()),
-            codemirror_mode: Some(CodeMirrorMode::Simple("sql".into())),
-            nbconvert_exporter: Some("script".into()),
-        },
-        banner: format!(
-            "Safe Data {} — {}\nSQL over protected data: results are released only as aggregates that pass the owner's policy.\nStart with SHOW TABLES; and DESCRIBE <table>;",
-            env!("CARGO_PKG_VERSION"),
-            display_name
-        ),
-        // No public documentation site yet: the banner and inspect (shift-tab) document the dialect.
-        help_links: vec![],
-        debugger: false,
-        error: None,
-    };
-    serde_json::to_value(reply).unwrap_or_else(|_| json!({"status": "ok"}))
+/// Asks the backend on a blocking thread, and answers (then `idle`) from there.
+fn off_the_runtime(shared: &Arc<Shared>, msg: &Message, out: &Replies, ask: impl FnOnce(&dyn Backend) -> Reply<'static> + Send + 'static) {
+    let (shared, msg, out) = (shared.clone(), msg.clone(), out.clone());
+    tokio::task::spawn_blocking(move || {
+        let answer = ask(&*shared.backend);
+        shared.reply(&msg.identities, &msg.header, &out, answer);
+        shared.status(&msg.header, State::Idle);
+    });
 }
 
-/// The answer to a completion, inspection or history request, from the backend.
-fn backend_reply(backend: &dyn Backend, msg: &Message) -> (&'static str, Value) {
-    let c = &msg.content;
-    let code = c.get("code").and_then(Value::as_str).unwrap_or("");
-    let cursor = || char_to_byte(code, c.get("cursor_pos").and_then(Value::as_u64).unwrap_or(code.chars().count() as u64));
-    match msg.msg_type() {
-        "complete_request" => {
-            let done = backend.complete(code, cursor());
-            let content = json!({
-                "status": "ok",
-                "matches": done.matches,
-                "cursor_start": byte_to_char(code, done.start),
-                "cursor_end": byte_to_char(code, done.end),
-                "metadata": {},
-            });
-            ("complete_reply", content)
-        }
-        "inspect_request" => {
-            let content = match backend.inspect(code, cursor()) {
-                Some(text) => json!({"status": "ok", "found": true, "data": {"text/plain": text}, "metadata": {}}),
-                None => json!({"status": "ok", "found": false, "data": {}, "metadata": {}}),
-            };
-            ("inspect_reply", content)
-        }
-        _ => ("history_reply", history_reply(backend, c)),
-    }
+/// Completion at a cursor in characters (one past the end is the end);
+/// the backend counts bytes.
+fn complete(backend: &dyn Backend, code: &str, cursor: usize) -> Reply<'static> {
+    let done = backend.complete(code, char_to_byte(code, cursor));
+    Reply::Complete { cursor_start: byte_to_char(code, done.start), cursor_end: byte_to_char(code, done.end), matches: done.matches }
 }
 
-fn history_reply(backend: &dyn Backend, c: &Value) -> Value {
-    let output = c.get("output").and_then(Value::as_bool).unwrap_or(false);
-    match backend.history(&HistoryQuery::from_content(c)) {
-        Ok(entries) => {
-            let history: Vec<Value> =
-                entries.iter().map(|e| if output { json!([e.session, e.line, [e.source, null]]) } else { json!([e.session, e.line, e.source]) }).collect();
-            json!({"status": "ok", "history": history})
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursors_convert_between_characters_and_bytes_without_panicking() {
+        let code = "SELECT 'é😀' FROM pat";
+        assert_eq!(char_to_byte(code, 0), 0);
+        assert_eq!(char_to_byte(code, 9), 10);
+        assert_eq!(char_to_byte(code, 10), 14);
+        assert_eq!(char_to_byte(code, usize::MAX), code.len());
+        assert_eq!(byte_to_char(code, 10), 9);
+        assert_eq!(byte_to_char(code, 14), 10);
+        // Inside `😀`, and past the end.
+        assert_eq!(byte_to_char(code, 11), 10);
+        assert_eq!(byte_to_char(code, usize::MAX), code.chars().count());
+        for chars in 0..=code.chars().count() {
+            assert_eq!(byte_to_char(code, char_to_byte(code, chars)), chars);
         }
-        Err(message) => json!({"status": "error", "ename": "HistoryError", "evalue": message, "traceback": [], "history": []}),
+        assert_eq!((char_to_byte("", 5), byte_to_char("", 5)), (0, 0));
     }
 }

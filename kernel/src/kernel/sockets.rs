@@ -1,11 +1,13 @@
 //! The five sockets: where they bind, and the tasks that move their frames.
 
-use super::requests::{error_content, handle_request};
+use super::incoming::{self, Request};
+use super::outgoing::{Refusal, Replies, Reply, State};
+use super::requests::{handle_request, unknown_completeness};
 use super::{Frames, Job, KernelError, Shared};
 use crate::frame_guard::{self, LogThrottle, left_out};
 use crate::wire::{self, Message};
 use bytes::Bytes;
-use serde_json::{Value, json};
+use serde_json::json;
 use std::sync::Arc;
 use std::sync::mpsc as std_mpsc;
 use tokio::sync::mpsc;
@@ -91,7 +93,7 @@ pub(super) async fn serve(
 ) -> Result<(), KernelError> {
     let limits = frame_guard::Limits::new(shared.max_message_bytes as u64, crate::sandbox::raise_open_file_limit());
     tracing::debug!(?limits, "frame guard");
-    let guard = frame_guard::Guard::new(limits, shared.signer.clone(), peer_policy());
+    let guard = frame_guard::Guard::new(limits, shared.wire.signer().clone(), peer_policy());
     let endpoints = Endpoints::open(info, &guard).await?;
     if !info.key.is_empty()
         && let Some(path) = CONNECTION_FILE.get().and_then(|f| replay_memory_path(f))
@@ -118,7 +120,7 @@ pub(super) async fn serve(
     tokio::spawn(router_loop(control, shared.clone(), Channel::Control, None, guard.clone()));
     tokio::spawn(signal_loop(shared.clone()));
 
-    shared.status(&json!({}), "starting");
+    shared.status(&json!({}), State::Starting);
     let _ = shutdown_rx.wait_for(|done| *done).await;
     // No request is taken any more (the router loops check the flag); let
     // the socket tasks flush the shutdown reply.
@@ -350,6 +352,7 @@ pub(super) async fn router_loop(
 ) {
     let (mut send, mut recv) = socket.split();
     let (out_tx, mut out_rx) = mpsc::unbounded_channel::<Frames>();
+    let out_tx = Replies::new(out_tx);
     tokio::spawn(async move {
         let slow = LogThrottle::new(5, std::time::Duration::from_secs(10));
         while let Some(frames) = out_rx.recv().await {
@@ -388,7 +391,7 @@ pub(super) async fn router_loop(
             tracing::debug!("{channel:?}: shutting down; a message is not taken");
             continue;
         }
-        let msg = match Message::decode_or_refuse(frames, &shared.signer, shared.max_message_bytes) {
+        let mut msg = match Message::decode_or_refuse(frames, shared.wire.signer(), shared.max_message_bytes) {
             Ok(m) => m,
             Err(refused) => {
                 match refused.answer_to {
@@ -415,27 +418,58 @@ pub(super) async fn router_loop(
             tracing::debug!("ignoring {} on stdin (the kernel never asks for input)", msg.msg_type());
             continue;
         }
-        if msg.msg_type() == "shutdown_request" {
-            let restart = msg.content.get("restart").and_then(Value::as_bool).unwrap_or(false);
-            SHUTDOWN_KIND.store(if restart { 1 } else { 2 }, std::sync::atomic::Ordering::SeqCst);
-        }
-        if msg.msg_type() == "execute_request" {
-            match (&jobs, channel) {
-                (Some(jobs), Channel::Shell) => {
-                    let seq = shared.received.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
-                    if jobs.send(Job { msg, reply: out_tx.clone(), seq }).is_err() {
-                        tracing::error!("the evaluation thread is gone");
-                    }
-                }
-                _ => {
-                    shared.status(&msg.header, "busy");
-                    shared.reply(&msg, &out_tx, "execute_reply", error_content("WrongChannel", "execute_request must be sent on the shell channel", &[]));
-                    shared.status(&msg.header, "idle");
-                }
+        // Read once, here; the handlers see only the typed request.
+        let content = std::mem::take(&mut msg.content);
+        let request = match incoming::decode(msg.msg_type(), &content) {
+            Ok(request) => request,
+            Err(error) => {
+                answer_undecodable(&shared, &out_tx, &msg, &error, &dropped);
+                continue;
             }
-            continue;
+        };
+        drop(content);
+        if let Request::Shutdown(r) = &request {
+            SHUTDOWN_KIND.store(if r.restart { 1 } else { 2 }, std::sync::atomic::Ordering::SeqCst);
         }
-        handle_request(&shared, &msg, &out_tx, channel);
+        let request = match (request, &jobs, channel) {
+            (Request::Execute(request), Some(jobs), Channel::Shell) => {
+                let seq = shared.received.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+                if jobs.send(Job { msg, request, reply: out_tx.clone(), seq }).is_err() {
+                    tracing::error!("the evaluation thread is gone");
+                }
+                continue;
+            }
+            (request, _, _) => request,
+        };
+        handle_request(&shared, &msg, request, &out_tx, channel);
+    }
+}
+
+/// Answers a correctly signed request whose content does not decode as its
+/// message type (a field of the wrong type, a missing `code`): `BadMessage`,
+/// naming the field, never its value; nothing is run. An
+/// `is_complete_request` is answered "unknown" (its reply has no error
+/// status); anything else (a `comm_open` without a `comm_id`) gets no answer.
+fn answer_undecodable(shared: &Shared, out: &Replies, msg: &Message, error: &incoming::BadContent, log: &LogThrottle) {
+    let msg_type = msg.msg_type();
+    if let Some(n) = log.allow() {
+        tracing::warn!("a {} could not be read: {error}{}", shortened(msg_type), left_out(n));
+    }
+    if msg_type == "is_complete_request" {
+        return unknown_completeness(shared, msg, out);
+    }
+    shared.status(&msg.header, State::Busy);
+    if msg_type.ends_with("_request") {
+        shared.reply(&msg.identities, &msg.header, out, Reply::Refused { request_type: msg_type, why: Refusal::UnreadableContent(error) });
+    }
+    shared.status(&msg.header, State::Idle);
+}
+
+/// A message type for the log: the client's own string, shortened.
+fn shortened(msg_type: &str) -> &str {
+    match msg_type.char_indices().nth(64) {
+        Some((i, _)) => &msg_type[..i],
+        None => msg_type,
     }
 }
 
@@ -443,29 +477,19 @@ pub(super) async fn router_loop(
 /// content is not a JSON object (a lone surrogate escape, nesting deeper
 /// than 128 levels): `BadMessage`, naming the frame, never its text. A
 /// replay of it is dropped like any other.
-fn answer_unreadable(shared: &Shared, out: &mpsc::UnboundedSender<Frames>, to: wire::AnswerTo, error: &wire::WireError, log: &LogThrottle) {
+fn answer_unreadable(shared: &Shared, out: &Replies, to: wire::AnswerTo, error: &wire::WireError, log: &LogThrottle) {
     if !shared.replay.lock().unwrap_or_else(|p| p.into_inner()).admit(&to.signature) {
         if let Some(n) = log.allow() {
             tracing::warn!("dropped a replayed message ({}){}", to.msg_type(), left_out(n));
         }
         return;
     }
-    let prefix = to.msg_type().trim_end_matches("_request").to_string();
-    let msg = Message {
-        identities: to.identities,
-        signature: to.signature,
-        header: to.header,
-        parent_header: json!({}),
-        metadata: json!({}),
-        content: json!({}),
-        buffers: Vec::new(),
-    };
     if let Some(n) = log.allow() {
-        tracing::warn!("answered a {}_request that could not be read: {error}{}", prefix, left_out(n));
+        tracing::warn!("answered a {} that could not be read: {error}{}", shortened(to.msg_type()), left_out(n));
     }
-    shared.status(&msg.header, "busy");
-    shared.reply(&msg, out, &format!("{prefix}_reply"), error_content("BadMessage", &format!("the request could not be read: {error}"), &[]));
-    shared.status(&msg.header, "idle");
+    shared.status(&to.header, State::Busy);
+    shared.reply(&to.identities, &to.header, out, Reply::Refused { request_type: to.msg_type(), why: Refusal::UnreadableFrame(error) });
+    shared.status(&to.header, State::Idle);
 }
 
 #[cfg(test)]
