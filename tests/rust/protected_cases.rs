@@ -46,9 +46,10 @@
 //! file:line, statement, expected and actual result.
 //!
 //! A second test checks that EXPLAIN and execution agree: every statement
-//! here, and every literal statement of `attacks.rs` and
-//! `composition_attacks.rs`, that EXPLAIN calls allowed runs without a
-//! static policy refusal ([`STATIC_RULES`], or the lowering's
+//! here, every literal statement of `attacks.rs` and
+//! `composition_attacks.rs` (on this fixture) and every statement of the
+//! plain-mode dialect cases `lang/tests/cases` (on their fixture) that
+//! EXPLAIN calls allowed runs without a static policy refusal ([`STATIC_RULES`], or the lowering's
 //! `UnsupportedError`). Known disagreements are listed in
 //! [`KNOWN_EXPLAIN_MISMATCHES`]; the test fails when the list is stale too.
 
@@ -199,16 +200,34 @@ struct Fixture {
 }
 
 impl Fixture {
+    /// The protected-cases fixture ([`CONFIG`]).
     fn new() -> Fixture {
+        let fx = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/rust/fixtures");
+        let fx = std::fs::canonicalize(&fx).unwrap_or(fx);
+        Fixture::with_config(|state| CONFIG.replace("{fx}", &fx.display().to_string()).replace("{state}", state))
+    }
+
+    /// The plain-mode dialect fixture (`lang/tests/fixtures`), with its
+    /// sources made absolute and a state directory of its own.
+    fn dialect() -> Fixture {
+        let fx = Path::new(env!("CARGO_MANIFEST_DIR")).join("../lang/tests/fixtures");
+        let fx = std::fs::canonicalize(&fx).unwrap_or(fx);
+        let text = std::fs::read_to_string(fx.join("safe-data.toml")).expect("the dialect fixture's config");
+        assert!(!text.contains("[server]"), "the dialect fixture now has a [server] section: adapt Fixture::dialect");
+        Fixture::with_config(|state| {
+            let sources = text.replace("source = \"", &format!("source = \"{}/", fx.display()));
+            format!("[server]\nstate_dir = '{state}'\n\n{sources}")
+        })
+    }
+
+    /// A fresh directory holding the configuration `toml(state_dir)`.
+    fn with_config(toml: impl FnOnce(&str) -> String) -> Fixture {
         let n = DIRS.fetch_add(1, Ordering::SeqCst);
         let dir = std::env::temp_dir().join(format!("sd-protected-cases-{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        let fx = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/rust/fixtures");
-        let fx = std::fs::canonicalize(&fx).unwrap_or(fx);
-        let toml = CONFIG.replace("{fx}", &fx.display().to_string()).replace("{state}", &dir.join("state").display().to_string());
         let config = dir.join("safe-data.toml");
-        std::fs::write(&config, toml).unwrap();
+        std::fs::write(&config, toml(&dir.join("state").display().to_string())).unwrap();
         Fixture { dir, config }
     }
 
@@ -541,8 +560,53 @@ fn is_query(sql: &str) -> bool {
     head == "SELECT" || head == "WITH" || head.starts_with('(')
 }
 
+/// The statements of the plain-mode dialect cases (`lang/tests/cases`).
+fn dialect_statements() -> Vec<String> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../lang/tests/cases");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", dir.display()))
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "test"))
+        .collect();
+    files.sort();
+    let mut out = Vec::new();
+    for path in files {
+        let text = std::fs::read_to_string(&path).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        for (i, line) in lines.iter().enumerate() {
+            if line.starts_with("# ") && (i == 0 || lines[i - 1].trim().is_empty()) {
+                let body: Vec<&str> = lines[i + 1..].iter().copied().take_while(|l| l.trim_end() != "----").collect();
+                out.push(body.join("\n").trim().to_string());
+            }
+        }
+    }
+    out
+}
+
+/// The statements among `statements` that EXPLAIN calls allowed on
+/// `fixture` and whose execution there is refused statically, with what
+/// execution said; and how many EXPLAIN allowed.
+fn explain_mismatches(fixture: &Fixture, statements: &[String]) -> (Vec<(String, String)>, usize) {
+    let explained = fixture.run(&statements.iter().map(|s| format!("EXPLAIN {s}")).collect::<Vec<_>>());
+    let allowed: Vec<String> = statements
+        .iter()
+        .zip(&explained)
+        .filter(|(_, e)| matches!(e, Got::Text(t) if policy_line(t).is_some_and(|l| l.starts_with("allowed"))))
+        .map(|(s, _)| s.clone())
+        .collect();
+    let executed = fixture.run(&allowed);
+    let mismatches = allowed.iter().zip(&executed).filter(|(_, got)| is_static_refusal(got)).map(|(s, got)| (s.clone(), render(got))).collect();
+    (mismatches, allowed.len())
+}
+
+fn dedup(statements: &mut Vec<String>) {
+    let mut seen = std::collections::HashSet::new();
+    statements.retain(|s| seen.insert(s.clone()));
+}
+
 #[test]
 fn explain_allowed_means_no_static_refusal() {
+    // The protected cases and the attack suites, on the protected fixture.
     let mut statements: Vec<String> = load_cases().into_iter().map(|c| c.sql).filter(|s| is_query(s)).collect();
     let rust = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/rust");
     let mut from_attacks = 0;
@@ -553,25 +617,19 @@ fn explain_allowed_means_no_static_refusal() {
         statements.extend(found);
     }
     statements.extend(KNOWN_EXPLAIN_MISMATCHES.iter().map(|s| s.to_string()));
-    let mut seen = std::collections::HashSet::new();
-    statements.retain(|s| seen.insert(s.clone()));
+    dedup(&mut statements);
     assert!(from_attacks >= 100, "only {from_attacks} statements extracted from the attack suites; the extraction is broken");
+    let (mut mismatches, mut allowed) = explain_mismatches(&Fixture::new(), &statements);
 
-    let fixture = Fixture::new();
-    let explained = fixture.run(&statements.iter().map(|s| format!("EXPLAIN {s}")).collect::<Vec<_>>());
-    let allowed: Vec<&String> = statements
-        .iter()
-        .zip(&explained)
-        .filter(|(_, e)| matches!(e, Got::Text(t) if policy_line(t).is_some_and(|l| l.starts_with("allowed"))))
-        .map(|(s, _)| s)
-        .collect();
-    let executed = fixture.run(&allowed.iter().map(|s| s.to_string()).collect::<Vec<_>>());
-    let mut mismatches = Vec::new();
-    for (sql, got) in allowed.iter().zip(&executed) {
-        if is_static_refusal(got) {
-            mismatches.push((sql.to_string(), render(got)));
-        }
-    }
+    // The plain-mode dialect cases, on their own fixture.
+    // (Cells of several statements are left out: EXPLAIN takes one.)
+    let mut dialect: Vec<String> = dialect_statements().into_iter().filter(|s| is_query(s) && !s.trim_end_matches(';').contains(';')).collect();
+    dedup(&mut dialect);
+    assert!(dialect.len() >= 100, "only {} dialect statements found", dialect.len());
+    let (more, n) = explain_mismatches(&Fixture::dialect(), &dialect);
+    mismatches.extend(more);
+    allowed += n;
+
     let known = |s: &str| KNOWN_EXPLAIN_MISMATCHES.contains(&s);
     let unexpected: Vec<String> = mismatches
         .iter()
@@ -580,13 +638,13 @@ fn explain_allowed_means_no_static_refusal() {
         .collect();
     let stale: Vec<&str> = KNOWN_EXPLAIN_MISMATCHES.iter().copied().filter(|k| !mismatches.iter().any(|(s, _)| s == k)).collect();
     eprintln!(
-        "explain consistency: {} statements ({from_attacks} from the attack suites), {} allowed by EXPLAIN, {} refused statically ({} known)",
-        statements.len(),
-        allowed.len(),
+        "explain consistency: {} statements ({from_attacks} from the attack suites, {} dialect cases), {allowed} allowed by EXPLAIN, {} refused statically ({} known)",
+        statements.len() + dialect.len(),
+        dialect.len(),
         mismatches.len(),
         mismatches.len() - unexpected.len()
     );
-    assert!(allowed.len() >= 50, "only {} statements allowed by EXPLAIN: the check is too weak", allowed.len());
+    assert!(allowed >= 100, "only {allowed} statements allowed by EXPLAIN: the check is too weak");
     let mut report = Vec::new();
     if !unexpected.is_empty() {
         report.push(format!("{} statements EXPLAIN allows are refused statically:\n{}", unexpected.len(), unexpected.join("\n\n")));
