@@ -419,3 +419,99 @@ def test_the_unit_runs_under_memory_deny_write_execute(tmp_path: Path):
     probe = "import mmap\ntry:\n    mmap.mmap(-1, 4096, prot=7)\n    print('allowed')\nexcept OSError:\n    print('refused')\n"
     done = subprocess.run([sys.executable, str(wrapper), "077", sys.executable, "-c", probe], capture_output=True, text=True, timeout=COMMAND_S, check=False)
     assert done.stdout.strip() == "refused", done.stdout + done.stderr
+
+
+def syscall_set(spec: str) -> set[str]:
+    """The system calls of a SystemCallFilter= value (groups expanded by
+    systemd-analyze itself)."""
+    names: set[str] = set()
+    seen: set[str] = set()
+
+    def expand(group: str) -> None:
+        out = subprocess.run(["systemd-analyze", "syscall-filter", group], capture_output=True, text=True, timeout=60, check=True).stdout
+        for line in out.splitlines()[1:]:
+            word = line.strip()
+            if not word or word.startswith("#"):
+                continue
+            if word.startswith("@"):
+                if word not in seen:
+                    seen.add(word)
+                    expand(word)
+            else:
+                names.add(word)
+
+    for word in spec.split():
+        if word.startswith("@"):
+            expand(word)
+        else:
+            names.add(word)
+    return names
+
+
+def test_the_service_makes_no_system_call_the_unit_filters(tmp_path: Path):
+    """The unit's SystemCallFilter= against the calls the service really makes
+    (strace -f): start-up, Landlock, the worker pool (fork and exec), a
+    query from a service-mode kernel, shutdown. A call outside the filter
+    would fail with EPERM under systemd."""
+    from jupyter_client.manager import start_new_kernel
+
+    from conftest import binary
+
+    if shutil.which("strace") is None or shutil.which("systemd-analyze") is None:
+        pytest.skip("strace and systemd-analyze are needed (CI installs them)")
+    filters = [line.split("=", 1)[1] for line in (REPO / "deploy" / "safe-data.service").read_text().splitlines() if line.startswith("SystemCallFilter=")]
+    allowed = set().union(*(syscall_set(f) for f in filters if not f.startswith("~")))
+    denied = set().union(*(syscall_set(f[1:]) for f in filters if f.startswith("~")))
+    assert allowed and denied and "execve" in allowed and "mount" in denied
+
+    demo = tmp_path / "demo"
+    done = subprocess.run([str(binary()), "demo", str(demo), "--patients", "2000"], capture_output=True, text=True, timeout=COMMAND_S, check=False)
+    assert done.returncode == 0, done.stderr
+    (demo / "state").mkdir(mode=0o700, exist_ok=True)
+    (demo / "state").chmod(0o700)
+    sock = tmp_path / "sd.sock"
+    with (demo / "safe-data.toml").open("a") as f:
+        f.write(f'\n[service]\nsocket = "{sock}"\nworkers = 1\n')
+    trace = tmp_path / "trace"
+    log = tmp_path / "service.log"
+    with open(log, "wb") as out:
+        service = subprocess.Popen(["strace", "-f", "-qq", "-o", str(trace), str(binary()), "serve", "--config", str(demo / "safe-data.toml")], stdout=out, stderr=out, env={**os.environ, "SAFE_DATA_LOG": "info"})
+    km = kc = None
+    try:
+        deadline = time.monotonic() + SERVICE_START_S
+        while "Safe Data service listening" not in log.read_text(errors="replace"):
+            assert service.poll() is None, log.read_text(errors="replace")
+            assert time.monotonic() < deadline, log.read_text(errors="replace")
+            time.sleep(0.1)
+        kernels = tmp_path / "jupyter" / "kernels" / "sd-strace"
+        kernels.mkdir(parents=True)
+        spec = {"argv": [str(binary()), "kernel", "--connection-file", "{connection_file}", "--service", str(sock)], "display_name": "strace", "language": "sql"}
+        (kernels / "kernel.json").write_text(json.dumps(spec))
+        old = os.environ.get("JUPYTER_PATH")
+        os.environ["JUPYTER_PATH"] = str(tmp_path / "jupyter")
+        try:
+            km, kc = start_new_kernel(kernel_name="sd-strace", startup_timeout=60)
+        finally:
+            if old is None:
+                del os.environ["JUPYTER_PATH"]
+            else:
+                os.environ["JUPYTER_PATH"] = old
+        reply = kc.execute_interactive("SELECT sex, COUNT(*) AS n, AVG(age) AS a FROM patients GROUP BY sex ORDER BY sex", timeout=60, output_hook=lambda m: None)
+        assert reply["content"]["status"] == "ok", reply["content"]
+    finally:
+        if kc is not None:
+            kc.stop_channels()
+        if km is not None:
+            km.shutdown_kernel(now=True)
+        service.send_signal(signal.SIGTERM)
+        try:
+            service.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            service.kill()
+            service.wait(timeout=15)
+    made = set(re.findall(r"^\d+\s+([a-z0-9_]+)\(", trace.read_text(errors="replace"), re.M))
+    # The trace covers the worker's exec and the socket's accept (and Landlock where the kernel has it).
+    assert {"execve", "accept4", "bind"} <= made, sorted(made)
+    print(f"{len(made)} system calls: {' '.join(sorted(made))}")
+    outside = sorted(s for s in made if s not in allowed or s in denied)
+    assert outside == [], f"the service makes system calls the unit's filter refuses: {outside}"
