@@ -503,10 +503,16 @@ def test_the_service_makes_no_system_call_the_unit_filters(tmp_path: Path):
             kc.stop_channels()
         if km is not None:
             km.shutdown_kernel(now=True)
-        service.send_signal(signal.SIGTERM)
+        # Stop the service itself (strace's child); strace ends with it.
+        children = Path(f"/proc/{service.pid}/task/{service.pid}/children")
+        pids = [int(p) for p in children.read_text().split()] if children.exists() else []
+        for pid in pids:
+            os.kill(pid, signal.SIGTERM)
         try:
             service.wait(timeout=30)
         except subprocess.TimeoutExpired:
+            for pid in pids:
+                os.kill(pid, signal.SIGKILL)
             service.kill()
             service.wait(timeout=15)
     made = set(re.findall(r"^\d+\s+([a-z0-9_]+)\(", trace.read_text(errors="replace"), re.M))
