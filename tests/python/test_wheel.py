@@ -52,7 +52,7 @@ def wheel() -> Path:
     if given:
         path = Path(given)
         assert path.is_file(), f"SAFE_DATA_WHEEL={given} does not exist"
-        return path
+        return path.resolve()
     done = subprocess.run([str(REPO / "scripts" / "build_wheel.sh")], capture_output=True, text=True, timeout=BUILD_S, check=False)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
     return Path(done.stdout.strip().splitlines()[-1])
