@@ -14,10 +14,12 @@ What a test machine lacks is stood in for (the guide's last section says so):
 `systemctl daemon-reload` checks the unit is in place; `systemctl enable --now`
 runs the unit's ExecStart= as its User= with its groups, NoNewPrivileges= and
 MemoryDenyWriteExecute= (PR_SET_MDWE), in the folders systemd would make;
-`jupyterhub -f FILE` loads FILE into JupyterHub's classes and starts what
-LocalProcessSpawner would start for alice (a Jupyter server as alice, with the
-spawner's environment and notebook_dir); the last doctor gets that server's
-URL and token. A command the test does not know fails the test, so a command
+`npm install -g` installs the proxy under the base folder; `jupyterhub -f
+FILE` first loads FILE into JupyterHub's classes, then runs the hub on free
+ports and starts alice's server through its REST API with her token from
+`jupyterhub token` (without npm: the test starts what LocalProcessSpawner
+would, a Jupyter server as alice with the spawner's environment); the last
+doctor gets that server's URL and token. A command the test does not know fails the test, so a command
 added to the guide must be run here too.
 
 Then a Safe Data kernel on alice's server answers a query through the
@@ -26,6 +28,7 @@ service, and the audit log names alice.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import pwd
@@ -39,13 +42,14 @@ import textwrap
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
 
 import accounts
 import test_deploy
-from test_deploy import SERVER_OK, doctor_lines, execute, landlock_hole
+from test_deploy import KERNEL_REPLY_S, SERVER_OK, doctor_lines, landlock_hole
 
 REPO = Path(__file__).resolve().parents[2]
 GUIDE = REPO / "docs" / "jupyterhub.md"
@@ -54,13 +58,16 @@ SERVICE_START_S = 60
 SERVER_START_S = 60
 
 # The deployment's folders, moved under the test's base folder.
-ROOTS = ["/etc/safe-data", "/etc/jupyterhub", "/etc/jupyter", "/etc/systemd/system", "/srv", "/var/lib/safe-data", "/run/safe-data", "/opt/jupyterhub", "/home/alice"]
+# Not alice's home: the spawner starts her server in her account's own home.
+ROOTS = ["/etc/safe-data", "/etc/jupyterhub", "/etc/jupyter", "/etc/systemd/system", "/srv", "/var/lib/safe-data", "/run/safe-data", "/opt/jupyterhub"]
 PATH_RE = re.compile(r"(?<![\w./-])(" + "|".join(re.escape(r) for r in sorted(ROOTS, key=len, reverse=True)) + r")(?=[/\s\"'|]|$)", re.M)
 # `safe-data` as an account (after -o/-g/--user, in owner:group, last on a
 # useradd/usermod line), not the binary (after a /) nor the unit (.service).
 ACCOUNT_RE = re.compile(r"(?<=[ :])safe-data(?=[ :]|$)", re.M)
 WHEEL_RE = re.compile(r"safe_data-\S+\.whl")
 HUB_URL = "http://127.0.0.1:8000/user/alice/"
+HUB_START_S = 90
+NETWORK_ENV = ("NODE_EXTRA_CA_CERTS", "SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "no_proxy")
 TOKEN = "ALICE_TOKEN"
 MDWE_EXEC = textwrap.dedent(
     """
@@ -167,6 +174,125 @@ def unit_values(unit: str) -> dict[str, str]:
     return values
 
 
+def alice_notebooks() -> Path | None:
+    """~alice/notebooks (the guide's notebook_dir), if alice exists."""
+    try:
+        return Path(pwd.getpwnam(accounts.ALICE).pw_dir) / "notebooks"
+    except KeyError:
+        return None
+
+
+def execute(server: Any, kernel_id: str, code: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Runs `code` in the kernel through the server's WebSocket (under its
+    base URL: through the hub's proxy too); returns the execute_reply content
+    and the IOPub messages of the request."""
+    from tornado.httpclient import HTTPRequest
+    from tornado.websocket import websocket_connect
+
+    async def go() -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        url = server.url.replace("http://", "ws://", 1) + f"/api/kernels/{kernel_id}/channels"
+        conn = await asyncio.wait_for(websocket_connect(HTTPRequest(url, headers=server.auth)), 30)
+        msg_id = uuid.uuid4().hex
+        header = {"msg_id": msg_id, "username": "test", "session": uuid.uuid4().hex, "msg_type": "execute_request", "version": "5.3", "date": ""}
+        content = {"code": code, "silent": False, "store_history": True, "user_expressions": {}, "allow_stdin": False, "stop_on_error": True}
+        await conn.write_message(json.dumps({"header": header, "parent_header": {}, "metadata": {}, "content": content, "channel": "shell", "buffers": []}))
+        iopub: list[dict[str, Any]] = []
+        deadline = time.monotonic() + KERNEL_REPLY_S
+        reply = None
+        idle = False
+        while not (reply is not None and idle):
+            left = deadline - time.monotonic()
+            assert left > 0, f"no answer from the kernel within {KERNEL_REPLY_S} s:\n{server.log_text()}"
+            raw = await asyncio.wait_for(conn.read_message(), left)
+            assert raw is not None, f"the server closed the kernel's WebSocket:\n{server.log_text()}"
+            if not isinstance(raw, str):
+                continue
+            msg = json.loads(raw)
+            if msg.get("parent_header", {}).get("msg_id") != msg_id:
+                continue
+            if msg["channel"] == "shell" and msg["msg_type"] == "execute_reply":
+                reply = msg["content"]
+            elif msg["channel"] == "iopub":
+                iopub.append(msg)
+                if msg["msg_type"] == "status" and msg["content"].get("execution_state") == "idle":
+                    idle = True
+        conn.close()
+        return reply, iopub
+
+    return asyncio.run(go())
+
+
+class Hub:
+    """The guide's `jupyterhub -f FILE` command, on free ports (command-line
+    settings override the file's), and alice's server started through the
+    hub's REST API with her token: LocalProcessSpawner starts it as her
+    account. `url`, `auth`, `call` and `log_text` are those of her server
+    behind the hub's proxy."""
+
+    def __init__(self, sub: Substitute, base: Path, env: dict[str, str], command: str) -> None:
+        venv = sub.path("/opt/jupyterhub")
+        config = sub.path("/etc/jupyterhub/jupyterhub_config.py")
+        # /etc/jupyter moved under $BASE: linked from {sys.prefix}/etc/jupyter,
+        # which every Jupyter server of the environment reads as well.
+        link = venv / "etc" / "jupyter" / "jupyter_server_config.json"
+        link.parent.mkdir(parents=True, exist_ok=True)
+        assert not link.exists(), f"{link} exists already"
+        link.symlink_to(sub.path("/etc/jupyter") / "jupyter_server_config.json")
+        done = subprocess.run([str(venv / "bin" / "jupyterhub"), "token", "-f", str(config), accounts.ALICE], capture_output=True, text=True, timeout=COMMAND_S, env=env, cwd=config.parent, check=False)
+        assert done.returncode == 0 and done.stdout.strip(), done.stdout + done.stderr[-3000:]
+        self.token = done.stdout.strip().splitlines()[-1]
+        self.port = test_deploy.free_port()
+        self.hub = f"http://127.0.0.1:{self.port}"
+        ports = [f"--JupyterHub.bind_url={self.hub}", f"--JupyterHub.hub_bind_url=http://127.0.0.1:{test_deploy.free_port()}", f"--ConfigurableHTTPProxy.api_url=http://127.0.0.1:{test_deploy.free_port()}"]
+        self.log_path = base / "hub.log"
+        self.log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(["bash", "-c", " ".join([command, *ports])], stdout=self.log, stderr=subprocess.STDOUT, env=env, cwd=base, start_new_session=True)
+        self.url = f"{self.hub}/user/{accounts.ALICE}"
+        self.started = False
+        deadline = time.monotonic() + HUB_START_S
+        while "JupyterHub is now running" not in self.log_text():
+            assert self.proc.poll() is None, self.log_text()
+            assert time.monotonic() < deadline, self.log_text()
+            time.sleep(0.3)
+        r = requests.post(f"{self.hub}/hub/api/users/{accounts.ALICE}/server", headers=self.auth, timeout=60)
+        assert r.status_code in (201, 202), (r.status_code, r.text, self.log_text())
+        self.started = True
+        while True:
+            model = requests.get(f"{self.hub}/hub/api/users/{accounts.ALICE}", headers=self.auth, timeout=30).json()
+            server = model.get("servers", {}).get("", {})
+            if server.get("ready"):
+                break
+            assert server, (model, self.log_text())
+            assert time.monotonic() < deadline, (model, self.log_text())
+            time.sleep(0.5)
+
+    @property
+    def auth(self) -> dict[str, str]:
+        return {"Authorization": f"token {self.token}"}
+
+    def call(self, method: str, path: str, **kw: Any) -> requests.Response:
+        return requests.request(method, f"{self.url}/{path}", headers=self.auth, timeout=30, allow_redirects=False, **kw)
+
+    def log_text(self) -> str:
+        self.log.flush()
+        return self.log_path.read_text(errors="replace")[-6000:]
+
+    def stop(self) -> None:
+        if self.started:
+            try:
+                requests.delete(f"{self.hub}/hub/api/users/{accounts.ALICE}/server", headers=self.auth, timeout=60)
+            except requests.RequestException:
+                pass
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=15)
+        self.log.close()
+
+
 class AliceServer(test_deploy.Server):
     """What LocalProcessSpawner starts for alice: a Jupyter server from the
     hub's environment, as alice, with the spawner's environment."""
@@ -219,14 +345,20 @@ def test_the_guide_works_as_written(wheel: Path):
     env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME": str(home), "LANG": "C.UTF-8"}
     if pip_cache:
         env["PIP_CACHE_DIR"] = pip_cache
-    if "PIP_INDEX_URL" in os.environ:
-        env["PIP_INDEX_URL"] = os.environ["PIP_INDEX_URL"]
+    # The machine's own package-index and certificate settings (pip, npm).
+    env.update({k: v for k, v in os.environ.items() if k.startswith(("PIP_", "NPM_CONFIG_", "npm_config_")) or k in NETWORK_ENV})
+    npmrc = Path(os.environ.get("HOME", "/root")) / ".npmrc"
+    if npmrc.is_file() and "NPM_CONFIG_USERCONFIG" not in env:
+        env["NPM_CONFIG_USERCONFIG"] = str(npmrc)
     # What a Debian system has already.
     sub.path("/etc/systemd/system").mkdir(parents=True)
     service = None
     server = None
+    proxy_bin: Path | None = None
     ran: list[str] = []
     not_run: list[str] = []
+    before = alice_notebooks()
+    created_notebooks = before is None or not before.exists()
     try:
         for original in guide_commands(GUIDE.read_text()):
             command = sub(original)
@@ -252,8 +384,22 @@ def test_the_guide_works_as_written(wheel: Path):
             elif words[:3] == ["systemctl", "enable", "--now"]:
                 assert words[3] == "safe-data.service", command
                 service = start_service(sub, base, env)
+            elif words[:3] == ["npm", "install", "-g"]:
+                if shutil.which("npm") is None:
+                    print(f"not run (npm is not installed): {command}; the hub's spawner is stood in for")
+                    not_run.append(command)
+                    continue
+                prefix = base / "node"
+                done = bash(command.replace("npm install -g", f"npm install --no-audit --no-fund --prefix {prefix}", 1))
+                assert done.returncode == 0, (command, done.stdout[-2000:], done.stderr[-2000:])
+                proxy_bin = prefix / "node_modules" / ".bin"
+                assert (proxy_bin / "configurable-http-proxy").exists(), sorted(p.name for p in prefix.rglob("*"))[:50]
             elif "/bin/jupyterhub -f" in original:
-                server = start_alice_server(sub, base, env)
+                hub = check_hub_config(sub, base, env)
+                if proxy_bin is None:
+                    server = start_alice_server(sub, base, env, hub)
+                else:
+                    server = Hub(sub, base, {**env, "PATH": f"{proxy_bin}:{env['PATH']}"}, command)
             elif words[0] == "VIRTUAL_ENV=/opt/jupyterhub" and "doctor" in words:
                 if HUB_URL in original:
                     assert server is not None, "the guide probes alice's server before the hub starts it"
@@ -287,6 +433,9 @@ def test_the_guide_works_as_written(wheel: Path):
     finally:
         if server is not None:
             server.stop()
+        after = alice_notebooks()
+        if created_notebooks and after is not None:
+            shutil.rmtree(after, ignore_errors=True)
         if service is not None and service.poll() is None:
             service.send_signal(signal.SIGTERM)
             try:
@@ -338,9 +487,8 @@ def start_service(sub: Substitute, base: Path, env: dict[str, str]) -> subproces
     return proc
 
 
-def start_alice_server(sub: Substitute, base: Path, env: dict[str, str]) -> AliceServer:
-    """`jupyterhub -f FILE`: the configuration loaded into JupyterHub's
-    classes, then alice's server as LocalProcessSpawner would start it."""
+def check_hub_config(sub: Substitute, base: Path, env: dict[str, str]) -> dict:
+    """The hub's configuration loaded into JupyterHub's classes."""
     venv = sub.path("/opt/jupyterhub")
     check = base / "check_hub_config.py"
     check.write_text(HUB_CONFIG_CHECK)
@@ -351,28 +499,23 @@ def start_alice_server(sub: Substitute, base: Path, env: dict[str, str]) -> Alic
     assert hub["disable_user_config"] is True and hub["allowed_users"] == [accounts.ALICE] and hub["allow_named_servers"] is False, hub
     assert hub["cmd"] == [str(venv / "bin" / "jupyterhub-singleuser")] and Path(hub["cmd"][0]).is_file(), hub
     assert hub["notebook_dir"].startswith("~/"), hub
-    # The home useradd would have made, under $BASE: alice's, private.
-    home = sub.path("/home/alice")
-    for p in [home, *home.rglob("*")]:
-        os.chown(p, accounts.uid(accounts.ALICE), pwd.getpwnam(accounts.ALICE).pw_gid)
-    home.chmod(0o700)
+    return hub
+
+
+def start_alice_server(sub: Substitute, base: Path, env: dict[str, str], hub: dict) -> AliceServer:
+    """Without the hub's proxy: what LocalProcessSpawner starts for alice."""
+    venv = sub.path("/opt/jupyterhub")
+    home = Path(pwd.getpwnam(accounts.ALICE).pw_dir)
     notebooks = home / hub["notebook_dir"].removeprefix("~/")
     assert notebooks.is_dir(), notebooks
     user_config = base / "alice-user-config"  # disable_user_config: nothing of alice's own
     user_config.mkdir()
-    # The kernels' ipc sockets are named after the runtime folder, and the one
-    # under $BASE/home would pass the 108 bytes of a socket name: a short one
-    # of alice's, as /home/alice/.local/share/jupyter/runtime is.
-    runtime = base / "rt"
-    runtime.mkdir(mode=0o700)
-    os.chown(runtime, accounts.uid(accounts.ALICE), pwd.getpwnam(accounts.ALICE).pw_gid)
     server_env = {
         "PATH": env["PATH"],  # the hub's PATH: not the venv's bin
         "HOME": str(home),
         "USER": accounts.ALICE,
         "LANG": "C.UTF-8",
         "JUPYTER_CONFIG_DIR": str(user_config),
-        "JUPYTER_RUNTIME_DIR": str(runtime),
         # /etc/jupyter, moved under $BASE: a system configuration folder.
         "JUPYTER_CONFIG_PATH": str(sub.path("/etc/jupyter")),
         **hub["environment"],
