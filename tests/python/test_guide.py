@@ -510,6 +510,7 @@ def start_alice_server(sub: Substitute, base: Path, env: dict[str, str], hub: di
     assert notebooks.is_dir(), notebooks
     user_config = base / "alice-user-config"  # disable_user_config: nothing of alice's own
     user_config.mkdir()
+    os.chown(user_config, accounts.uid(accounts.ALICE), pwd.getpwnam(accounts.ALICE).pw_gid)
     server_env = {
         "PATH": env["PATH"],  # the hub's PATH: not the venv's bin
         "HOME": str(home),
