@@ -3,7 +3,7 @@
 Every `sh` block of the guide is extracted and each of its commands is run
 with bash, in order, as root, with:
 
-- every absolute path of the deployment moved under a temporary folder
+- every absolute path of the deployment but alice's home moved under a temporary folder
   (`/etc/safe-data` becomes `$BASE/etc/safe-data`, ...);
 - the accounts of tests/python/accounts.py for `safe-data` (the service),
   `scientists` and `alice` (an account or group that exists already is
