@@ -12,6 +12,10 @@ echo "== cargo test (workspace)"
 cargo build --workspace --bins
 cargo test --workspace --no-fail-fast
 
+echo "== wheel (maturin, dev profile: reuses the build above)"
+SAFE_DATA_WHEEL="$(./scripts/build_wheel.sh | tail -1)"
+export SAFE_DATA_WHEEL
+
 echo "== cargo clippy (warnings are errors)"
 cargo clippy --workspace --all-targets -- -D warnings
 

@@ -1,10 +1,12 @@
 //! Deployment commands for the data owner: a hardened Jupyter server
-//! configuration (`safe-data jupyter-config`) and a check of a running
-//! deployment (`safe-data doctor`). See `docs/deploy.md`.
+//! configuration (`safe-data jupyter-config`), the data service's systemd
+//! unit (`safe-data systemd-unit`) and a check of a running deployment
+//! (`safe-data doctor`). See `docs/deploy.md`.
 
 pub mod doctor;
 pub mod jupyter;
 mod perms;
+pub mod systemd;
 
 use clap::Subcommand;
 use std::path::PathBuf;
@@ -84,6 +86,21 @@ pub enum Command {
         #[arg(long)]
         self_test: bool,
     },
+    /// Print the systemd unit of `safe-data serve` for a configuration's
+    /// paths (state_dir, [service] socket and socket_group), hardened.
+    ///
+    /// Save it as /etc/systemd/system/safe-data.service. It reads only the
+    /// configuration file.
+    SystemdUnit {
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+        /// The service account (User=; Group= is its primary group).
+        #[arg(long, value_name = "NAME", default_value = systemd::DEFAULT_USER)]
+        user: String,
+        /// The safe-data binary ExecStart runs (default: this one).
+        #[arg(long, value_name = "PATH")]
+        binary: Option<PathBuf>,
+    },
 }
 
 /// Runs one deployment subcommand.
@@ -100,5 +117,12 @@ pub fn run(command: Command) -> ExitCode {
             let args = doctor::Args { config, url, token, as_users, notebooks, self_test };
             doctor::run(&args)
         }
+        Command::SystemdUnit { config, user, binary } => match systemd::run(&config, &user, binary.as_deref()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        },
     }
 }
