@@ -78,10 +78,10 @@ enum Got {
 /// statement through `Policy::run`, as the kernel does. Every call into the
 /// product's API is here, so that an API change is adapted in one place.
 fn run_statements(config: &Path, statements: &[String]) -> Vec<Got> {
-    use safe_data_lang::engine::{CancelFlag, Value};
     use safe_data_lang::parse::parse_cell;
-    use safe_data_policy::{Policy, Requester};
-    let catalog = std::sync::Arc::new(safe_data_lang::Catalog::load(config).unwrap_or_else(|e| panic!("fixture config: {e}")));
+    use safe_data_lang::value::Value;
+    use safe_data_policy::{CancelFlag, Outcome, Policy, Requester};
+    let catalog = std::sync::Arc::new(safe_data_policy::Catalog::load(config).unwrap_or_else(|e| panic!("fixture config: {e}")));
     let policy = Policy::new(catalog).expect("policy");
     let who = Requester::new("tester", "protected-cases");
     let cell = |v: &Value| if matches!(v, Value::Null) { "NULL".to_string() } else { v.to_text() };
@@ -92,8 +92,8 @@ fn run_statements(config: &Path, statements: &[String]) -> Vec<Got> {
         };
         assert_eq!(parsed.len(), 1, "one statement per case: {sql}");
         match policy.run(&parsed[0], &who, &CancelFlag::new()) {
-            Err(e) => Got::Refused { rule: e.rule().map(|r| r.to_string()), kind: e.kind().to_string(), message: e.to_string() },
-            Ok(rel) => match rel.text() {
+            Outcome::Refused(e) => Got::Refused { rule: e.rule().map(|r| r.to_string()), kind: e.kind().to_string(), message: e.to_string() },
+            Outcome::Released(rel) => match rel.text() {
                 Some(text) => Got::Text(text.to_string()),
                 None => Got::Table {
                     columns: rel.columns().iter().map(|f| f.name.clone()).collect(),
@@ -453,23 +453,17 @@ fn protected_cases() {
 const STATIC_RULES: &[&str] =
     &["raw_rows", "identifier_use", "measure_use", "aggregate_not_allowed", "unbounded", "conditional_aggregate", "join_key", "shape"];
 
-/// Statements EXPLAIN calls allowed that execution refuses statically
-/// today (issue 15: EXPLAIN and the lowering disagree). When a fix makes
-/// one of them agree, remove it from here: the test fails on a stale entry.
-const KNOWN_EXPLAIN_MISMATCHES: &[&str] = &[
-    // The lowering refuses a filtered right side of a LEFT JOIN
-    // (UnsupportedError); the check allows it.
-    "SELECT p.sex, COUNT(*) AS n FROM patients p LEFT JOIN (SELECT patient_id FROM visits WHERE ward = 'A') v ON p.patient_id = v.patient_id GROUP BY p.sex",
-    // The lowering refuses a UNION ALL of protected rows with public rows
-    // (UnsupportedError); the check allows it (found by this test).
-    "SELECT COUNT(*) AS n FROM (SELECT region FROM patients UNION ALL SELECT region FROM regions) t",
-];
+/// Statements EXPLAIN calls allowed that execution refuses statically.
+/// Empty since EXPLAIN runs the same check, evidence plan and lowering as
+/// execution (issue 15); the test fails on a stale entry, so an entry added
+/// here must be a real, tracked disagreement.
+const KNOWN_EXPLAIN_MISMATCHES: &[&str] = &[];
 
 /// Whether a refusal is one the check could have known without the data.
 fn is_static_refusal(got: &Got) -> bool {
     match got {
         Got::Refused { rule: Some(rule), .. } => STATIC_RULES.contains(&rule.as_str()),
-        // The lowering's refusals of shapes it cannot instrument.
+        // The dialect's refusal of a construct it does not evaluate.
         Got::Refused { rule: None, kind, .. } => kind == "UnsupportedError",
         _ => false,
     }
