@@ -18,7 +18,7 @@
 
 use crate::decimal::Decimal;
 use crate::error::{Error, Result};
-use crate::ir::{AggFunc, BinaryOp, ColumnRef, Expr, ExprKind, FromItem, Literal, OrderKey, Query, ScalarFunc, Select, SelectItem, SetExpr};
+use crate::ir::{AggFunc, BinaryOp, ColumnRef, Expr, ExprKind, FromItem, Literal, OrderKey, Query, ScalarFunc, Select, SelectItem, SetExpr, UnaryOp};
 use crate::span::{LineIndex, Span};
 use crate::types::SqlType;
 use serde::Serialize;
@@ -461,8 +461,8 @@ impl EdgeFormula {
         match *self {
             EdgeFormula::Exact { a, b, d } => {
                 let rest = binary(BinaryOp::Sub, integer(i64::from(n), span), j.clone(), SqlType::Integer);
-                let low = binary(BinaryOp::Mul, integer(a, span), rest, SqlType::Integer);
-                let high = binary(BinaryOp::Mul, integer(b, span), j, SqlType::Integer);
+                let low = binary(BinaryOp::Mul, signed(integer(a, span)), rest, SqlType::Integer);
+                let high = binary(BinaryOp::Mul, signed(integer(b, span)), j, SqlType::Integer);
                 let numerator = match (a, b) {
                     (0, _) => high,
                     (_, 0) => low,
@@ -471,7 +471,7 @@ impl EdgeFormula {
                 binary(BinaryOp::Div, numerator, integer(d, span), SqlType::Double)
             }
             EdgeFormula::Float { min, width } => {
-                binary(BinaryOp::Add, double(min, span), binary(BinaryOp::Mul, j, double(width, span), SqlType::Double), SqlType::Double)
+                binary(BinaryOp::Add, signed(double(min, span)), binary(BinaryOp::Mul, j, double(width, span), SqlType::Double), SqlType::Double)
             }
         }
     }
@@ -487,6 +487,23 @@ fn integer(v: i64, span: Span) -> Expr {
 
 fn double(x: f64, span: Span) -> Expr {
     literal(Literal::Double(x), SqlType::Double, span)
+}
+
+/// A constant as the binder binds its printed text: `-10` is the negation
+/// of the literal `10`, so a negative literal becomes one (the sign bit of a
+/// double decides, `-0.0` included). The rewrite then prints as SQL that
+/// binds back to the same IR. (Not for WIDTH_BUCKET's arguments: the binder
+/// folds their signs into the literals.)
+fn signed(e: Expr) -> Expr {
+    let positive = match &e.kind {
+        ExprKind::Literal(Literal::Integer(i)) if *i < 0 => i.checked_neg().map(Literal::Integer),
+        ExprKind::Literal(Literal::Double(x)) if x.is_sign_negative() => Some(Literal::Double(-x)),
+        _ => None,
+    };
+    match positive {
+        Some(l) => Expr { kind: ExprKind::Unary { op: UnaryOp::Neg, expr: Box::new(literal(l, e.ty, e.span)) }, ty: e.ty, span: e.span },
+        None => e,
+    }
 }
 
 /// A number literal: an integer when it is one (and exact), else a double.
@@ -560,27 +577,7 @@ fn set_bounds(body: &SetExpr, index: usize) -> Option<(f64, f64)> {
 /// The strictest k of the protected tables a query reads (`None`: public
 /// tables only).
 fn strictest_k(query: &Query) -> Option<u64> {
-    fn set(body: &SetExpr, k: &mut Option<u64>) {
-        match body {
-            SetExpr::Query(q) => set(&q.body, k),
-            SetExpr::Union { left, right, .. } => {
-                set(left, k);
-                set(right, k);
-            }
-            SetExpr::Select(s) => {
-                for leaf in s.from.iter().flat_map(|f| f.leaves()) {
-                    match leaf {
-                        FromItem::Table { table, .. } if !table.public => *k = Some(k.unwrap_or(0).max(table.min_group_size)),
-                        FromItem::Derived { query, .. } => set(&query.body, k),
-                        _ => {}
-                    }
-                }
-            }
-        }
-    }
-    let mut k = None;
-    set(&query.body, &mut k);
-    k
+    query.tables().into_iter().filter(|t| !t.public).map(|t| t.min_group_size).max()
 }
 
 #[cfg(test)]
