@@ -164,13 +164,7 @@ fn check_from(item: &FromItem, scope: &mut Scope) -> Result<Level> {
 
 /// Whether every column `e` references belongs to one of `slots`.
 fn references_only(e: &Expr, slots: &[usize]) -> bool {
-    let mut only = true;
-    e.walk(&mut |x| {
-        if let ExprKind::Column(c) = &x.kind {
-            only &= slots.contains(&c.slot);
-        }
-    });
-    only
+    e.column_refs().iter().all(|c| slots.contains(&c.slot))
 }
 
 /// A join key on a side that carries protected rows must be a bare column

@@ -15,9 +15,11 @@
 use crate::check::{Level, Verdict};
 use crate::error::{Error, Result, Rule};
 use safe_data_lang::catalog::Table;
-use safe_data_lang::ir::{FromItem, Query, SetExpr};
+use safe_data_lang::ir::visit::{Visitor, walk_from_item};
+use safe_data_lang::ir::{Expr, FromItem, Query};
 use safe_data_lang::span::Span;
 use std::collections::HashMap;
+use std::ops::ControlFlow;
 
 /// How the lowering reads one scan of a table.
 #[derive(Debug, Clone, PartialEq)]
@@ -112,30 +114,28 @@ impl Evidence {
     }
 }
 
-/// Calls `f` on every table scan of `q`, through subqueries, CTEs, joins and unions.
+/// Calls `f` on every table scan of `q`, through subqueries, CTEs, joins
+/// and unions (the IR's one traversal, `safe_data_lang::ir::visit`).
 fn visit_query(q: &Query, f: &mut dyn FnMut(usize, &Table, Span) -> Result<()>) -> Result<()> {
-    visit_set(&q.body, f)
-}
-
-fn visit_set(s: &SetExpr, f: &mut dyn FnMut(usize, &Table, Span) -> Result<()>) -> Result<()> {
-    match s {
-        SetExpr::Select(s) => s.from.as_ref().map_or(Ok(()), |from| visit_from(from, f)),
-        SetExpr::Union { left, right, .. } => {
-            visit_set(left, f)?;
-            visit_set(right, f)
+    struct Scans<'f>(&'f mut dyn FnMut(usize, &Table, Span) -> Result<()>);
+    impl<'ir> Visitor<'ir> for Scans<'_> {
+        type Break = Error;
+        fn visit_from_item(&mut self, item: &'ir FromItem) -> ControlFlow<Error> {
+            if let FromItem::Table { slot, table, span, .. } = item
+                && let Err(e) = (self.0)(*slot, table, *span)
+            {
+                return ControlFlow::Break(e);
+            }
+            walk_from_item(self, item)
         }
-        SetExpr::Query(q) => visit_query(q, f),
+        // Expressions hold no scans (the IR has no subqueries in expressions).
+        fn visit_expr(&mut self, _: &'ir Expr) -> ControlFlow<Error> {
+            ControlFlow::Continue(())
+        }
     }
-}
-
-fn visit_from(item: &FromItem, f: &mut dyn FnMut(usize, &Table, Span) -> Result<()>) -> Result<()> {
-    match item {
-        FromItem::Table { slot, table, span, .. } => f(*slot, table, *span),
-        FromItem::Derived { query, .. } => visit_query(query, f),
-        FromItem::Join { left, right, .. } => {
-            visit_from(left, f)?;
-            visit_from(right, f)
-        }
+    match Scans(f).visit_query(q) {
+        ControlFlow::Break(e) => Err(e),
+        ControlFlow::Continue(()) => Ok(()),
     }
 }
 

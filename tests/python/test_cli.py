@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -130,3 +132,47 @@ def test_histogram_over_a_subquery(demo_config: Path, fmt: str) -> None:
     )
     assert done.returncode == 0, done.stderr
     assert "bin_start" in done.stdout
+
+
+# A statement that runs for minutes on the demo: every pair of patients of a region.
+HEAVY = "SELECT COUNT(*) AS n FROM patients a JOIN patients b ON a.region = b.region"
+
+
+def limited_config(demo_config: Path, tmp_path: Path, timeout_s: int) -> Path:
+    """The demo's configuration with its own state folder and a short query timeout."""
+    text = demo_config.read_text()
+    text = text.replace('source = "data/', f'source = "{demo_config.parent}/data/')
+    text = text.replace('state_dir = "state"', f'state_dir = "{tmp_path / "state"}"')
+    lines = [f"query_timeout_s = {timeout_s}" if line.startswith("query_timeout_s") else line for line in text.splitlines()]
+    path = tmp_path / "limited.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_the_cli_stops_a_statement_at_the_owners_timeout(demo_config: Path, tmp_path: Path) -> None:
+    config = limited_config(demo_config, tmp_path, timeout_s=1)
+    started = time.monotonic()
+    done = query(config, HEAVY)
+    elapsed = time.monotonic() - started
+    assert done.returncode != 0, done.stdout
+    stopped = ("longer than the 1 s limit" in done.stderr) or ("memory the data owner allows" in done.stderr)
+    assert stopped, done.stderr
+    # Stopped (polars aborted), not waited for: well under the minutes it would run.
+    assert elapsed < 20, f"took {elapsed:.1f} s"
+
+
+def test_ctrl_c_stops_the_running_statement(demo_config: Path, tmp_path: Path) -> None:
+    config = limited_config(demo_config, tmp_path, timeout_s=600)
+    proc = subprocess.Popen(
+        [str(binary()), "query", "--config", str(config), HEAVY], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        time.sleep(2.0)
+        assert proc.poll() is None, "the heavy statement ended by itself"
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode != 0
+    assert "interrupted" in err, err

@@ -1679,3 +1679,41 @@ fn aggregating_released_rows_never_sees_a_withheld_row() {
     );
     assert_close(num(&rel.rows()[0][0]), (785.1 / 30.0) / (824.7 / 30.0), "ratio of released averages");
 }
+
+// ---------------------------------------------------------------------------
+// Red team, issue 15 (black box, demo data): two attacks that worked, both
+// of the kinds threshold mode cannot stop. Kept as known limits, reproduced
+// on the fixture.
+// ---------------------------------------------------------------------------
+
+#[test]
+#[ignore = "known limit: two allowed queries that share a base filter differ by one person (a tracker); the differencing rule counts removals against the unfiltered group only; needs differential privacy (later issue)"]
+fn red_team_shared_base_filter_differencing() {
+    let lab = Lab::new();
+    // Both filters remove many people from the whole table (allowed); between
+    // them they differ by the Isle patient alone.
+    let base = lab.released("SELECT COUNT(*) AS n, SUM(bmi) AS s FROM patients WHERE sex = 'M'");
+    let without = lab.released("SELECT COUNT(*) AS n, SUM(bmi) AS s FROM patients WHERE sex = 'M' AND region <> 'Isle'");
+    let (n, s) = (int(&base.rows()[0][0]), num(&base.rows()[0][1]));
+    let (n2, s2) = (int(&without.rows()[0][0]), num(&without.rows()[0][1]));
+    assert!(!(n - n2 == 1 && (s - s2 - BMI_OF_ISLE_PATIENT).abs() < 0.05), "the Isle patient's BMI is the difference of two allowed sums");
+}
+
+#[test]
+#[ignore = "known limit: a histogram's range bins are a GROUP BY a predicate on a measure; total minus the released bins recovers a withheld tail of 1..k-1 people (marginal totals); needs differential privacy (later issue)"]
+fn red_team_histogram_range_bins_recover_a_thin_tail() {
+    let lab = Lab::new();
+    // With one bin, the groups are below / in / at or above the range; the
+    // tail above is withheld when thin, the rest is released.
+    let mut learned = Vec::new();
+    for tenth in (300..=500).step_by(5) {
+        let max = tenth as f64 / 10.0;
+        let Ok(rel) = lab.run(&format!("CHART HISTOGRAM (bins = 1, min = 10, max = {max}) SELECT bmi FROM patients")) else { continue };
+        let released: i64 = rel.rows().iter().map(|r| int(&r[2])).sum();
+        let tail = TOTAL_PEOPLE - released;
+        if (1..K).contains(&tail) {
+            learned.push((max, tail));
+        }
+    }
+    assert!(learned.is_empty(), "counts of 1..k-1 people above a BMI threshold: {learned:?}");
+}
