@@ -483,3 +483,37 @@ pub(crate) fn is_whole_table_aggregate(q: &Query) -> bool {
         SetExpr::Union { .. } => false,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NONE: &[AggFunc] = &[];
+
+    #[test]
+    fn an_identifier_is_only_counted_distinct_and_bare() {
+        assert_eq!(column_permits(AggFunc::Count, true, true, Eff::Identifier, true, NONE), Ok(()));
+        assert_eq!(column_permits(AggFunc::Count, false, true, Eff::Identifier, true, NONE), Err(Rule::IdentifierUse));
+        assert_eq!(column_permits(AggFunc::Count, true, false, Eff::Identifier, true, NONE), Err(Rule::IdentifierUse));
+        assert_eq!(column_permits(AggFunc::Sum, false, true, Eff::Identifier, true, NONE), Err(Rule::IdentifierUse));
+    }
+
+    #[test]
+    fn sums_need_bounds_and_order_statistics_need_the_owner() {
+        for role in [Eff::Measure, Eff::Dimension] {
+            assert_eq!(column_permits(AggFunc::Count, false, true, role, false, NONE), Ok(()));
+            for f in [AggFunc::Sum, AggFunc::Avg, AggFunc::Stddev, AggFunc::Variance, AggFunc::Corr, AggFunc::CovarSamp] {
+                assert_eq!(column_permits(f, false, true, role, false, NONE), Err(Rule::Unbounded), "{f:?}");
+                assert_eq!(column_permits(f, false, true, role, true, NONE), Ok(()), "{f:?}");
+            }
+            for f in [AggFunc::Min, AggFunc::Max, AggFunc::Median, AggFunc::Quantile] {
+                assert_eq!(column_permits(f, false, true, role, true, NONE), Err(Rule::AggregateNotAllowed), "{f:?}");
+                assert_eq!(column_permits(f, false, true, role, true, &[f]), Ok(()), "{f:?}");
+                // Allowed on the column, not on arithmetic of it.
+                assert_eq!(column_permits(f, false, false, role, true, &[f]), Err(Rule::AggregateNotAllowed), "{f:?}");
+            }
+        }
+        // Public data and released values: anything.
+        assert_eq!(column_permits(AggFunc::Max, false, false, Eff::Free, false, NONE), Ok(()));
+    }
+}

@@ -687,3 +687,59 @@ fn case_files_parse() {
     let src = "let a = \"SELECT 1 \\\n   FROM t\"; // \"SELECT x\"\nlet b = r#\"WITH w AS (SELECT 1) SELECT * FROM w\"#; let c = \"SELECT {x}\"; let d = '\"';";
     assert_eq!(statements_in_rust(src), vec!["SELECT 1 FROM t".to_string(), "WITH w AS (SELECT 1) SELECT * FROM w".to_string()]);
 }
+
+/// The aggregate call that uses `column` as DESCRIBE names the aggregate.
+fn aggregate_call(name: &str, column: &str) -> Option<String> {
+    Some(match name {
+        "count (DISTINCT only)" => format!("COUNT(DISTINCT {column})"),
+        "count" => format!("COUNT({column})"),
+        "sum" | "avg" | "stddev" | "variance" | "min" | "max" | "median" => format!("{}({column})", name.to_uppercase()),
+        "quantile" => format!("QUANTILE_CONT({column}, 0.5)"),
+        "corr" => format!("CORR({column}, {column})"),
+        "covar" => format!("COVAR_SAMP({column}, {column})"),
+        _ => return None,
+    })
+}
+
+/// Every aggregate DESCRIBE lists for a column passes the check, and every
+/// other one is refused by a static rule: DESCRIBE and the check read the
+/// same rule (`check::allowed_aggregates`), so they cannot drift apart (an
+/// unbounded measure listed with `sum`, for instance).
+#[test]
+fn describe_lists_exactly_the_aggregates_the_check_allows() {
+    const ALL: [&str; 11] = ["count", "sum", "avg", "stddev", "variance", "min", "max", "median", "quantile", "corr", "covar"];
+    let fixture = Fixture::new();
+    let tables = ["patients", "visits", "labs"];
+    let described = fixture.run(&tables.iter().map(|t| format!("DESCRIBE {t}")).collect::<Vec<_>>());
+    let mut statements = Vec::new();
+    let mut expected = Vec::new();
+    for (table, got) in tables.iter().zip(&described) {
+        let Got::Table { columns, rows, .. } = got else { panic!("DESCRIBE {table}: {got:?}") };
+        let at = |name: &str| columns.iter().position(|c| c == name).unwrap_or_else(|| panic!("DESCRIBE has no `{name}` column"));
+        let (name_at, type_at, aggregates_at) = (at("column"), at("type"), at("aggregates"));
+        for row in rows {
+            let (column, listed) = (&row[name_at], &row[aggregates_at]);
+            let listed: Vec<&str> = listed.split(", ").filter(|s| !s.is_empty()).collect();
+            let numeric = matches!(row[type_at].as_str(), "BIGINT" | "DOUBLE");
+            for name in ALL.iter().copied().chain(["count (DISTINCT only)"]) {
+                // The binder takes only COUNT, MIN and MAX of a text or date column.
+                if !numeric && !matches!(name, "count" | "min" | "max" | "count (DISTINCT only)") {
+                    continue;
+                }
+                let Some(call) = aggregate_call(name, column) else { continue };
+                let allowed = listed.contains(&name) || (name == "count (DISTINCT only)" && listed.contains(&"count"));
+                statements.push(format!("SELECT {call} AS a FROM {table}"));
+                expected.push((table.to_string(), column.clone(), name, allowed));
+            }
+        }
+    }
+    assert!(statements.len() >= 40, "only {} aggregate calls built", statements.len());
+    let mut wrong = Vec::new();
+    for ((table, column, name, allowed), got) in expected.iter().zip(fixture.run(&statements)) {
+        let refused_statically = is_static_refusal(&got);
+        if *allowed == refused_statically {
+            wrong.push(format!("{table}.{column} {name}: DESCRIBE lists it: {allowed}; got {}", render(&got)));
+        }
+    }
+    assert!(wrong.is_empty(), "DESCRIBE and the check disagree:\n{}", wrong.join("\n"));
+}
