@@ -260,4 +260,85 @@ mod tests {
         let avg = 54_321.0 / 1_000.0 + 1e-9;
         assert!((round_significant(avg) * 1_000.0 - avg * 1_000.0).abs() > 1e-7);
     }
+
+    /// A lowered frame: the answer's rows (`#0` text, `#1` double), then one
+    /// row per withheld point with its (thin, differencing) counts.
+    fn frame(rows: &[(&str, f64)], points: &[(i64, i64)]) -> DataFrame {
+        use polars::prelude::{Column, NamedFrom, Series};
+        let n = rows.len() + points.len();
+        let mut keys: Vec<Option<&str>> = rows.iter().map(|r| Some(r.0)).collect();
+        let mut values: Vec<Option<f64>> = rows.iter().map(|r| Some(r.1)).collect();
+        let mut point: Vec<Option<i32>> = vec![None; rows.len()];
+        let mut thin: Vec<Option<i64>> = vec![None; rows.len()];
+        let mut diff: Vec<Option<i64>> = vec![None; rows.len()];
+        for (i, (t, d)) in points.iter().enumerate() {
+            keys.push(None);
+            values.push(None);
+            point.push(Some(i as i32));
+            thin.push(Some(*t));
+            diff.push(Some(*d));
+        }
+        assert_eq!(keys.len(), n);
+        DataFrame::new_infer_height(vec![
+            Column::from(Series::new("#0".into(), keys)),
+            Column::from(Series::new("#1".into(), values)),
+            Column::from(Series::new(POINT.into(), point)),
+            Column::from(Series::new(WITHHELD_THIN.into(), thin)),
+            Column::from(Series::new(WITHHELD_DIFF.into(), diff)),
+        ])
+        .expect("frame")
+    }
+
+    fn run(df: &DataFrame, whole_table: bool, max_rows: usize, points: usize) -> Result<Released> {
+        let output =
+            [Field { name: "k".into(), ty: safe_data_lang::types::SqlType::Text }, Field { name: "v".into(), ty: safe_data_lang::types::SqlType::Double }];
+        let withheld = vec![WithheldPoint { top: true }; points];
+        release(
+            df,
+            &ReleaseInput {
+                level: Level::Aggregated,
+                output: &output,
+                withheld: &withheld,
+                whole_table,
+                min_group_size: 10,
+                max_rows,
+                span: Span { start: 0, end: 1 },
+            },
+        )
+    }
+
+    #[test]
+    fn thin_groups_are_counted_in_a_notice_and_doubles_rounded() {
+        let released = run(&frame(&[("a", 1.234_567_89), ("b", 2.0)], &[(3, 0)]), false, 100, 1).unwrap();
+        assert_eq!(released.rows().len(), 2);
+        assert_eq!(released.rows()[0][1], Value::Double(1.23457));
+        let [notice] = released.notices() else { panic!("{:?}", released.notices()) };
+        assert_eq!((notice.kind, notice.message.as_str()), (NoticeKind::Suppressed, "3 groups withheld: empty or fewer than 10 people"));
+    }
+
+    #[test]
+    fn a_group_that_singles_out_refuses_the_statement() {
+        let err = run(&frame(&[("a", 1.0)], &[(0, 1)]), false, 100, 1).unwrap_err();
+        assert_eq!(err.rule(), Some(Rule::Differencing));
+    }
+
+    #[test]
+    fn a_whole_table_result_withheld_is_refused() {
+        let err = run(&frame(&[], &[(1, 0)]), true, 100, 1).unwrap_err();
+        assert_eq!(err.rule(), Some(Rule::MinGroupSize));
+    }
+
+    #[test]
+    fn a_missing_point_row_releases_nothing() {
+        // The plan has one withheld point but the frame reports none: fail closed.
+        let err = run(&frame(&[("a", 1.0)], &[]), false, 100, 1).unwrap_err();
+        assert_eq!(err.kind(), "ExecutionError", "{err}");
+    }
+
+    #[test]
+    fn the_row_limit_truncates_with_a_notice() {
+        let released = run(&frame(&[("a", 1.0), ("b", 2.0), ("c", 3.0)], &[(0, 0)]), false, 2, 1).unwrap();
+        assert_eq!(released.rows().len(), 2);
+        assert!(released.notices().iter().any(|n| n.kind == NoticeKind::Truncated && n.message.contains("first 2 of 3")), "{:?}", released.notices());
+    }
 }
