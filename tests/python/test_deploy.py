@@ -313,14 +313,16 @@ def reachable(server: Server, targets: list[Path], root: Path) -> list[str]:
     return hits
 
 
-def execute(server: Server, kernel_id: str, code: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Runs `code` in the kernel through the server's WebSocket; returns the
-    execute_reply content and the IOPub messages of the request."""
+def execute(server: Any, kernel_id: str, code: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Runs `code` in the kernel through the server's WebSocket (under its
+    base URL: through a hub's proxy too; `server` has `url`, `auth` and
+    `log_text`); returns the execute_reply content and the IOPub messages of
+    the request."""
     from tornado.httpclient import HTTPRequest
     from tornado.websocket import websocket_connect
 
     async def go() -> tuple[dict[str, Any], list[dict[str, Any]]]:
-        url = f"ws://127.0.0.1:{server.port}/api/kernels/{kernel_id}/channels"
+        url = server.url.replace("http://", "ws://", 1) + f"/api/kernels/{kernel_id}/channels"
         conn = await asyncio.wait_for(websocket_connect(HTTPRequest(url, headers=server.auth)), 30)
         msg_id = uuid.uuid4().hex
         header = {"msg_id": msg_id, "username": "test", "session": uuid.uuid4().hex, "msg_type": "execute_request", "version": "5.3", "date": ""}

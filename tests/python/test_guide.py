@@ -28,7 +28,6 @@ service, and the audit log names alice.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import pwd
@@ -49,7 +48,7 @@ import requests
 
 import accounts
 import test_deploy
-from test_deploy import KERNEL_REPLY_S, SERVER_OK, doctor_lines, landlock_hole
+from test_deploy import SERVER_OK, doctor_lines, execute, landlock_hole
 
 REPO = Path(__file__).resolve().parents[2]
 GUIDE = REPO / "docs" / "jupyterhub.md"
@@ -180,46 +179,6 @@ def alice_notebooks() -> Path | None:
         return Path(pwd.getpwnam(accounts.ALICE).pw_dir) / "notebooks"
     except KeyError:
         return None
-
-
-def execute(server: Any, kernel_id: str, code: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Runs `code` in the kernel through the server's WebSocket (under its
-    base URL: through the hub's proxy too); returns the execute_reply content
-    and the IOPub messages of the request."""
-    from tornado.httpclient import HTTPRequest
-    from tornado.websocket import websocket_connect
-
-    async def go() -> tuple[dict[str, Any], list[dict[str, Any]]]:
-        url = server.url.replace("http://", "ws://", 1) + f"/api/kernels/{kernel_id}/channels"
-        conn = await asyncio.wait_for(websocket_connect(HTTPRequest(url, headers=server.auth)), 30)
-        msg_id = uuid.uuid4().hex
-        header = {"msg_id": msg_id, "username": "test", "session": uuid.uuid4().hex, "msg_type": "execute_request", "version": "5.3", "date": ""}
-        content = {"code": code, "silent": False, "store_history": True, "user_expressions": {}, "allow_stdin": False, "stop_on_error": True}
-        await conn.write_message(json.dumps({"header": header, "parent_header": {}, "metadata": {}, "content": content, "channel": "shell", "buffers": []}))
-        iopub: list[dict[str, Any]] = []
-        deadline = time.monotonic() + KERNEL_REPLY_S
-        reply = None
-        idle = False
-        while not (reply is not None and idle):
-            left = deadline - time.monotonic()
-            assert left > 0, f"no answer from the kernel within {KERNEL_REPLY_S} s:\n{server.log_text()}"
-            raw = await asyncio.wait_for(conn.read_message(), left)
-            assert raw is not None, f"the server closed the kernel's WebSocket:\n{server.log_text()}"
-            if not isinstance(raw, str):
-                continue
-            msg = json.loads(raw)
-            if msg.get("parent_header", {}).get("msg_id") != msg_id:
-                continue
-            if msg["channel"] == "shell" and msg["msg_type"] == "execute_reply":
-                reply = msg["content"]
-            elif msg["channel"] == "iopub":
-                iopub.append(msg)
-                if msg["msg_type"] == "status" and msg["content"].get("execution_state") == "idle":
-                    idle = True
-        conn.close()
-        return reply, iopub
-
-    return asyncio.run(go())
 
 
 class Hub:
