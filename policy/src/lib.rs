@@ -74,6 +74,15 @@ use sha2::{Digest, Sha256};
 use sources::Guard;
 use std::sync::Arc;
 
+/// Check → evidence plan → lower: the steps every run, EXPLAIN and the fuzz
+/// targets' plan inspection share (the row-level second lock is the run's).
+fn check_and_lower(catalog: &Catalog, query: &Query, guard: &Guard) -> Result<(Evidence, lower::Lowered)> {
+    let verdict = check::check(query)?;
+    let evidence = Evidence::for_query(query, &verdict, catalog.config.min_group_size)?;
+    let lowered = lower_query(query, &evidence, catalog, guard)?;
+    Ok((evidence, lowered))
+}
+
 /// Completion at `cursor`: names of tables, visible columns, functions and
 /// keywords (never a value).
 pub fn complete(catalog: &Catalog, code: &str, cursor: usize) -> safe_data_lang::services::Completion {
@@ -294,9 +303,7 @@ impl Policy {
     /// Check → evidence plan → lower: what runs, or why nothing does. EXPLAIN
     /// stops here, so it says exactly what execution would.
     fn plan(&self, query: &Query, guard: &Guard) -> Result<(Evidence, lower::Lowered)> {
-        let verdict = check::check(query)?;
-        let evidence = Evidence::for_query(query, &verdict, self.catalog.config.min_group_size)?;
-        let lowered = lower_query(query, &evidence, &self.catalog, guard)?;
+        let (evidence, lowered) = check_and_lower(&self.catalog, query, guard)?;
         if lowered.row_level_protected {
             return Err(Error::refused(Rule::RawRows, "individual rows of a protected table are never released", Some(query.span)));
         }
@@ -444,10 +451,8 @@ pub const PLAN_INTERNAL_COLUMNS: [&str; 3] = [lower::POINT, lower::WITHHELD_THIN
 /// and the plan described (see [`PlanText`]).
 #[doc(hidden)]
 pub fn plan_text(catalog: &Catalog, query: &Query) -> Result<PlanText> {
-    let verdict = check::check(query)?;
-    let evidence = Evidence::for_query(query, &verdict, catalog.config.min_group_size)?;
     let guard = Guard { cancel: CancelFlag::new(), limits: Limits::time_only(catalog.config.server.query_timeout) };
-    let lowered = lower_query(query, &evidence, catalog, &guard)?;
+    let (evidence, lowered) = check_and_lower(catalog, query, &guard)?;
     let optimized = lowered.frame.clone().to_alp_optimized().ok().map(|optimized| {
         let mut nodes = Vec::new();
         let mut stack = vec![optimized.lp_top];

@@ -2,7 +2,7 @@
 //! file holds cases that run through the whole policy pipeline
 //! (`Policy::run`: bind, check, lower, execute, release) on the attack
 //! fixture of `tests/rust/fixtures` (see its README: 60 patients with known
-//! individuals, k = 5; the configuration is [`CONFIG`] below, the same tables
+//! individuals, k = 5; the configuration is `tests/rust/fixtures/lab.toml` ([`config`]), the same tables
 //! and roles as `tests/rust/lab`, but `max_rows = 30`).
 //!
 //! A case:
@@ -123,70 +123,16 @@ fn run_statements(config: &Path, statements: &[String]) -> Vec<Got> {
 // Fixture
 // ---------------------------------------------------------------------------
 
-/// The fixture's configuration (`{fx}`: the fixtures folder, `{state}`: a
-/// fresh state directory). Same tables and roles as `tests/rust/lab`.
-const CONFIG: &str = r#"
-[server]
-display_name = "protected cases"
-state_dir = '{state}'
-max_rows = 30
-query_timeout_s = 30
-
-[policy]
-min_group_size = 5
-
-[tables.patients]
-source = '{fx}/patients.csv'
-description = "One row per patient, with known individuals"
-privacy_unit = "patient_id"
-join_keys = ["patient_id", "region"]
-
-[tables.patients.columns]
-patient_id = { role = "identifier" }
-name       = { role = "hidden" }
-sex        = { role = "dimension" }
-age        = { role = "dimension", bounds = [0, 110] }
-region     = { role = "dimension" }
-diabetes   = { role = "dimension", bounds = [0, 1] }
-bmi        = { role = "measure", bounds = [10, 50] }
-income     = { role = "measure" }
-
-[tables.visits]
-source = '{fx}/visits.csv'
-description = "Several rows per patient"
-privacy_unit = "patient_id"
-join_keys = ["patient_id"]
-
-[tables.visits.columns]
-patient_id = { role = "identifier" }
-visit_no   = { role = "dimension" }
-ward       = { role = "dimension" }
-cost       = { role = "measure", bounds = [0, 1000], aggregates = ["median"] }
-
-[tables.labs]
-source = '{fx}/labs.csv'
-description = "Several rows per patient; rare is NULL for all but eight people"
-privacy_unit = "patient_id"
-join_keys = ["patient_id"]
-
-[tables.labs.columns]
-lab_id     = { role = "hidden" }
-patient_id = { role = "identifier" }
-test       = { role = "dimension" }
-day        = { role = "dimension" }
-value      = { role = "measure", bounds = [0, 200], aggregates = ["quantile"] }
-rare       = { role = "measure", bounds = [0, 100] }
-
-[tables.regions]
-source = '{fx}/regions.csv'
-description = "Public figures per region"
-public = true
-
-[tables.region_wards]
-source = '{fx}/region_wards.csv'
-description = "Eight wards per region: the region repeats"
-public = true
-"#;
+/// The lab's configuration (`tests/rust/fixtures/lab.toml`, shared with
+/// `tests/rust/lab`), with this suite's name, k and row limit.
+fn config(fx: &Path, state: &str) -> String {
+    include_str!("fixtures/lab.toml")
+        .replace("{name}", "protected cases")
+        .replace("{max_rows}", "30")
+        .replace("{k}", "5")
+        .replace("{fx}", &fx.display().to_string())
+        .replace("{state}", state)
+}
 
 /// The fewest cases the suite may hold (a guard against a broken parser).
 const MIN_CASES: usize = 60;
@@ -200,11 +146,11 @@ struct Fixture {
 }
 
 impl Fixture {
-    /// The protected-cases fixture ([`CONFIG`]).
+    /// The protected-cases fixture ([`config`]).
     fn new() -> Fixture {
         let fx = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/rust/fixtures");
         let fx = std::fs::canonicalize(&fx).unwrap_or(fx);
-        Fixture::with_config(|state| CONFIG.replace("{fx}", &fx.display().to_string()).replace("{state}", state))
+        Fixture::with_config(|state| config(&fx, state))
     }
 
     /// The plain-mode dialect fixture (`lang/tests/fixtures`), with its

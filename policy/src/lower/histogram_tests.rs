@@ -2,7 +2,6 @@
 //! and run: the bins, the values outside the range, the edges.
 
 use crate::engine::{self, CancelFlag, Limits};
-use crate::evidence::Evidence;
 use crate::sources::{Catalog, Guard};
 use safe_data_lang::Result;
 use safe_data_lang::bind::{bind_query, bind_sql};
@@ -26,10 +25,8 @@ fn rewrite(catalog: &Catalog, statement: &str) -> Result<(Query, Chart)> {
 /// The rows of a query run as is (public tables), as text lines.
 fn run(query: &Query) -> Vec<String> {
     let catalog = catalog();
-    let verdict = crate::check::check(query).expect("passes the check");
-    let evidence = Evidence::for_query(query, &verdict, catalog.config.min_group_size).expect("plans");
     let guard = Guard { cancel: CancelFlag::new(), limits: Limits::time_only(std::time::Duration::from_secs(30)) };
-    let lowered = super::lower_query(query, &evidence, &catalog, &guard).expect("lowers");
+    let (_, lowered) = crate::check_and_lower(&catalog, query, &guard).expect("checks and lowers");
     let df = engine::collect(lowered.frame, &guard.cancel, guard.limits).expect("runs");
     let types: Vec<_> = lowered.output.iter().map(|f| f.ty).collect();
     let mut lines = vec![lowered.output.iter().map(|f| f.name.as_str()).collect::<Vec<_>>().join("|")];

@@ -55,70 +55,13 @@ impl Lab {
         let fx = fx.display();
         let state = dir.join("state");
         let state = state.display();
-        let toml = format!(
-            r#"
-[server]
-display_name = "composition lab"
-state_dir = '{state}'
-max_rows = 1000
-query_timeout_s = 30
-
-[policy]
-min_group_size = {K}
-
-[tables.patients]
-source = '{fx}/patients.csv'
-description = "One row per patient, with known individuals"
-privacy_unit = "patient_id"
-join_keys = ["patient_id", "region"]
-
-[tables.patients.columns]
-patient_id = {{ role = "identifier" }}
-name       = {{ role = "hidden" }}
-sex        = {{ role = "dimension" }}
-age        = {{ role = "dimension", bounds = [0, 110] }}
-region     = {{ role = "dimension" }}
-diabetes   = {{ role = "dimension", bounds = [0, 1] }}
-bmi        = {{ role = "measure", bounds = [10, 50] }}
-income     = {{ role = "measure" }}
-
-[tables.visits]
-source = '{fx}/visits.csv'
-description = "Several rows per patient"
-privacy_unit = "patient_id"
-join_keys = ["patient_id"]
-
-[tables.visits.columns]
-patient_id = {{ role = "identifier" }}
-visit_no   = {{ role = "dimension" }}
-ward       = {{ role = "dimension" }}
-cost       = {{ role = "measure", bounds = [0, 1000], aggregates = ["median"] }}
-
-[tables.labs]
-source = '{fx}/labs.csv'
-description = "Several rows per patient; rare is NULL for all but eight people"
-privacy_unit = "patient_id"
-join_keys = ["patient_id"]
-
-[tables.labs.columns]
-lab_id     = {{ role = "hidden" }}
-patient_id = {{ role = "identifier" }}
-test       = {{ role = "dimension" }}
-day        = {{ role = "dimension" }}
-value      = {{ role = "measure", bounds = [0, 200], aggregates = ["quantile"] }}
-rare       = {{ role = "measure", bounds = [0, 100] }}
-
-[tables.regions]
-source = '{fx}/regions.csv'
-description = "Public figures per region"
-public = true
-
-[tables.region_wards]
-source = '{fx}/region_wards.csv'
-description = "Eight wards per region: the region repeats"
-public = true
-"#
-        );
+        // The lab's configuration, shared with tests/rust/protected_cases.rs.
+        let toml = include_str!("../fixtures/lab.toml")
+            .replace("{name}", "composition lab")
+            .replace("{max_rows}", "1000")
+            .replace("{k}", &K.to_string())
+            .replace("{fx}", &fx.to_string())
+            .replace("{state}", &state.to_string());
         let path = dir.join("safe-data.toml");
         std::fs::write(&path, toml).unwrap();
         let catalog = Arc::new(safe_data_policy::Catalog::load(&path).unwrap_or_else(|e| panic!("fixture config: {e}")));
